@@ -1,0 +1,6 @@
+"""Datasets (random-access sources), transforms and the batch loader. See `jaxcv.data.base`."""
+
+from jaxcv.registry import Registry
+
+# name -> callable(data_config: ConfigDict, split: str) -> Source
+DATASETS = Registry("dataset")

@@ -1,0 +1,18 @@
+"""Models, chosen by name from the config: `create_model(config.model.name, **config.model.kwargs)`."""
+
+from typing import Any
+
+import flax.linen as nn
+
+from jaxcv.registry import Registry
+
+# name -> callable(**kwargs) -> nn.Module
+MODELS = Registry("model")
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    return MODELS.get(name)(**kwargs)
+
+
+# Each model module registers itself on import.
+from jaxcv.models import resnet  # noqa: E402,F401
