@@ -186,8 +186,8 @@ RESNET_CONFIGS: dict[str, tuple[tuple[int, ...], str]] = {
 }
 
 
-def _make(name: str, **kwargs: Any) -> ResNet:
-    stage_sizes, block = RESNET_CONFIGS[name]
+def _make(arch: str, /, **kwargs: Any) -> ResNet:
+    stage_sizes, block = RESNET_CONFIGS[arch]
     return ResNet(stage_sizes=stage_sizes, block=block, **kwargs)
 
 

@@ -1,0 +1,178 @@
+"""Load torchvision state dicts (as numpy arrays, e.g. from safetensors) into jaxcv's linen models.
+
+Every flax variable is mapped to exactly one torchvision key by renaming module paths
+(`layer1_0/downsample_conv` <-> `layer1.0.downsample.0`,
+`fpn/inner_blocks_0` <-> `backbone.fpn.inner_blocks.0.0`,
+`head/classification_head/conv_0` <-> `...conv.0.0`, `norm_0` <-> `conv.0.1`) and leaf names
+(`kernel`/`scale` <-> `weight`, `mean`/`var` <-> `running_mean`/`running_var`). Conv kernels go OIHW -> HWIO,
+dense kernels are transposed, everything is cast to the model's param dtype (float16 storage -> float32).
+Missing, unexpected or mis-shaped keys raise one ValueError listing all of them; only
+`num_batches_tracked` is ignored. No pickle: inputs are plain mappings of numpy arrays.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from jaxcv.models import create_model
+from jaxcv.models.resnet import RESNET_CONFIGS
+
+RETINANET_ARCHS = ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")
+ARCHS = (*RESNET_CONFIGS, *RETINANET_ARCHS)
+
+# Module-name renames, flax -> torch, applied to each path component (first match wins).
+_MODULE_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(layer\d+)_(\d+)$"), r"\1.\2"),
+    (re.compile(r"^downsample_conv$"), "downsample.0"),
+    (re.compile(r"^downsample_bn$"), "downsample.1"),
+    (re.compile(r"^(inner_blocks|layer_blocks)_(\d+)$"), r"\1.\2.0"),
+    (re.compile(r"^(p6|p7)$"), r"extra_blocks.\1"),
+    (re.compile(r"^conv_(\d+)$"), r"conv.\1.0"),
+    (re.compile(r"^norm_(\d+)$"), r"conv.\1.1"),
+]
+# Top-level renames for the detection model (torchvision wraps body and FPN in `backbone`).
+_RETINANET_TOP = {"backbone": "backbone.body", "fpn": "backbone.fpn", "head": "head"}
+_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads a .safetensors file as {torch key: numpy array} (no pickle, no torch needed)."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def _rename_module(name: str) -> str:
+    for pattern, repl in _MODULE_RULES:
+        if pattern.match(name):
+            return pattern.sub(repl, name)
+    return name
+
+
+def torch_key(path: tuple[str, ...], detection: bool) -> str:
+    """Flax variable path (without the collection) -> torchvision state-dict key."""
+    *modules, leaf = path
+    if leaf not in _LEAF:
+        raise ValueError(f"no torchvision name for flax variable {'/'.join(path)}")
+    parts = [_rename_module(m) for m in modules]
+    if detection and parts:
+        parts[0] = _RETINANET_TOP.get(modules[0], parts[0])
+    return ".".join([*parts, _LEAF[leaf]])
+
+
+def _to_flax(a: np.ndarray) -> np.ndarray:
+    """torch layout -> flax layout: conv OIHW -> HWIO, linear [out, in] -> [in, out]."""
+    if a.ndim == 4:
+        return a.transpose(2, 3, 1, 0)
+    if a.ndim == 2:
+        return a.T
+    return a
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Inverse of `_to_flax` on shapes, for error messages."""
+    if len(flax_shape) == 4:
+        h, w, i, o = flax_shape
+        return (o, i, h, w)
+    if len(flax_shape) == 2:
+        return (flax_shape[1], flax_shape[0])
+    return tuple(flax_shape)
+
+
+def model_config(
+    arch: str, state_dict: Mapping[str, np.ndarray], **kwargs: Any
+) -> tuple[str, dict[str, Any]]:
+    """(jaxcv model name, constructor kwargs) for a torchvision arch, read from the state dict's shapes.
+
+    ResNets: `num_classes` from `fc.weight` (0, a headless backbone, when there are no fc keys).
+    RetinaNet: `num_anchors` from `bbox_reg`, `num_classes` from `cls_logits` / num_anchors, `fpn_channels`
+    from the laterals, `head_norm` from GroupNorm keys, `p6_from` from P6's input channels (torchvision's
+    LastLevelP6P7 uses P5 iff in_channels == out_channels). Explicit kwargs override the inferred values.
+    """
+    if arch in RESNET_CONFIGS:
+        fc = state_dict.get("fc.weight")
+        inferred: dict[str, Any] = {"num_classes": int(fc.shape[0]) if fc is not None else 0}
+        return arch, {**inferred, **kwargs}
+    if arch in RETINANET_ARCHS:
+        inferred = {"backbone": "resnet50"}
+        reg = state_dict.get("head.regression_head.bbox_reg.weight")
+        cls = state_dict.get("head.classification_head.cls_logits.weight")
+        num_anchors = kwargs.get("num_anchors", int(reg.shape[0]) // 4 if reg is not None else 9)
+        inferred["num_anchors"] = num_anchors
+        if cls is not None:
+            if cls.shape[0] % num_anchors:
+                raise ValueError(
+                    f"cls_logits has {cls.shape[0]} outputs, not a multiple of {num_anchors} anchors"
+                )
+            inferred["num_classes"] = int(cls.shape[0]) // num_anchors
+        lateral = state_dict.get("backbone.fpn.inner_blocks.0.0.weight")
+        fpn_channels = int(lateral.shape[0]) if lateral is not None else 256
+        inferred["fpn_channels"] = fpn_channels
+        p6 = state_dict.get("backbone.fpn.extra_blocks.p6.weight")
+        if p6 is not None:
+            inferred["p6_from"] = "p5" if p6.shape[1] == fpn_channels else "c5"
+        inferred["head_norm"] = "head.classification_head.conv.0.1.weight" in state_dict
+        return "retinanet", {**inferred, **kwargs}
+    raise ValueError(f"unknown torchvision arch {arch!r}; supported: {', '.join(ARCHS)}")
+
+
+def abstract_variables(module: nn.Module, image_size: int = 64) -> dict[str, Any]:
+    """Shapes/dtypes of the module's variables via `jax.eval_shape` (no compute, no memory)."""
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
+
+
+def convert_state_dict(
+    module: nn.Module, state_dict: Mapping[str, np.ndarray], detection: bool = False
+) -> dict[str, Any]:
+    """torchvision state dict -> flax `{'params', 'batch_stats'}` for `module`; strict (see module doc)."""
+    abstract = flatten_dict(abstract_variables(module))
+    out: dict[tuple[str, ...], Any] = {}
+    used: set[str] = set()
+    missing, mismatched = [], []
+    for path, spec in abstract.items():
+        key = torch_key(path[1:], detection)
+        if key not in state_dict:
+            missing.append(f"{key} {_torch_shape(spec.shape)}")
+            continue
+        used.add(key)
+        value = _to_flax(np.asarray(state_dict[key]))
+        if value.shape != tuple(spec.shape):
+            got = tuple(state_dict[key].shape)
+            mismatched.append(f"{key}: got {got}, expected {_torch_shape(spec.shape)}")
+            continue
+        out[path] = jnp.asarray(value.astype(spec.dtype))
+    unexpected = sorted(k for k in state_dict if k not in used and not k.endswith("num_batches_tracked"))
+    problems = [
+        f"{title} ({len(keys)}): {', '.join(sorted(keys))}"
+        for title, keys in (
+            ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)
+        )
+        if keys
+    ]
+    if problems:
+        raise ValueError(f"state dict does not match {type(module).__name__}: " + "; ".join(problems))
+    return unflatten_dict(out)
+
+
+def from_torchvision(
+    arch: str, state_dict: Mapping[str, np.ndarray], **kwargs: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Builds the jaxcv model for a torchvision arch and its variables `{'params', 'batch_stats'}`.
+
+    `arch`: resnet18/34/50/101 or retinanet_resnet50_fpn(_v2). `kwargs` go to the model (e.g. `dtype`)
+    and override inferred settings (see `model_config`).
+    """
+    name, model_kwargs = model_config(arch, state_dict, **kwargs)
+    module = create_model(name, **model_kwargs)
+    return module, convert_state_dict(module, state_dict, detection=arch in RETINANET_ARCHS)
+
