@@ -1,0 +1,407 @@
+"""The task-agnostic trainer, shaped like flax `examples/imagenet`.
+
+`create_train_state`, `train_step`, `eval_step` and `train_and_evaluate(config, workdir)`. Steps
+are jitted once over a `jax.sharding.Mesh` of all devices: the batch is sharded on the `data` axis,
+the state is replicated and donated. Under jit the loss is computed on the global batch, so
+normalizers (e.g. the number of foreground anchors) are global across devices and hosts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxcv import checkpoint as ckpt
+from jaxcv.data.loader import Loader
+from jaxcv.logs import MetricWriter, Progress
+from jaxcv.optim import create_optimizer
+from jaxcv.tasks import create_task
+from jaxcv.tasks.base import Task
+
+
+class TrainState(train_state.TrainState):
+    """Params, optimizer state, BatchNorm statistics and the base dropout key."""
+
+    batch_stats: Any
+    rng: jax.Array
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss or gradient."""
+
+
+def create_mesh() -> Mesh:
+    """A 1-D mesh over all devices of all processes; the batch is split along `data`."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, task: Task, rng: jax.Array, mesh: Mesh
+) -> TrainState:
+    """Initializes the model and optimizer, replicated over the mesh."""
+    model = task.create_model()
+    init_rng, dropout_rng = jax.random.split(rng)
+
+    def init(key):
+        variables = model.init({"params": key, "dropout": key}, jnp.asarray(task.dummy_input()), train=False)
+        params = variables["params"]
+        return params, variables.get("batch_stats", {})
+
+    replicated = NamedSharding(mesh, P())
+    params, batch_stats = jax.jit(init, out_shardings=replicated)(init_rng)
+    tx = create_optimizer(config, params)
+    return jax.jit(
+        lambda p, b: TrainState.create(apply_fn=model.apply, params=p, tx=tx, batch_stats=b, rng=dropout_rng),
+        out_shardings=replicated,
+    )(params, batch_stats)
+
+
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], *, task: Task, skip_nonfinite: bool = False
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on the global batch. Returns the new state and scalar metrics.
+
+    A non-finite loss or gradient sets `metrics['finite'] = 0`; with `skip_nonfinite` the update
+    is then dropped (state unchanged but for the step counter).
+    """
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        outputs, mutated = state.apply_fn(
+            variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng}
+        )
+        loss, terms = task.loss(outputs, batch)
+        return loss, (terms, mutated.get("batch_stats", state.batch_stats))
+
+    (loss, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+    if skip_nonfinite:
+        new_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(finite, new, old), new_state, state.replace(step=state.step + 1)
+        )
+    metrics = {"loss": loss, **terms, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, task: Task) -> dict[str, jax.Array]:
+    """Model outputs in inference mode, turned into the task's fixed-shape predictions."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    outputs = state.apply_fn(variables, batch["image"], train=False)
+    return task.predict(outputs, batch)
+
+
+def _to_global(batch: dict[str, np.ndarray], keys: tuple[str, ...], sharding: NamedSharding):
+    """This process's batch slice -> global arrays sharded over `data` (multi-host safe)."""
+    return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys if k in batch}
+
+
+def _to_host(tree: Any) -> Any:
+    """Gathers batch-sharded outputs of all processes to numpy on every process."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
+class Trainer:
+    """Holds the compiled steps, loaders and state for one run (used by `train_and_evaluate`)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.task = create_task(config)
+        self.task.validate()
+        self.mesh = create_mesh()
+        self.data_sharding = NamedSharding(self.mesh, P("data"))
+        self.replicated = NamedSharding(self.mesh, P())
+        if config.batch_size % jax.device_count():
+            raise ValueError(
+                f"batch_size={config.batch_size} must be divisible by the number of devices "
+                f"({jax.device_count()})"
+            )
+        self.p_train_step = jax.jit(
+            functools.partial(
+                train_step, task=self.task, skip_nonfinite=bool(config.get("skip_nonfinite", False))
+            ),
+            in_shardings=(self.replicated, self.data_sharding),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=(0,),
+        )
+        self.p_eval_step = jax.jit(
+            functools.partial(eval_step, task=self.task),
+            in_shardings=(self.replicated, self.data_sharding),
+            out_shardings=self.data_sharding,
+        )
+
+    def loader(self, split: str, train: bool) -> Loader:
+        cfg = self.config
+        return Loader(
+            self.task.source(split),
+            self.task.make_transform(train),
+            global_batch_size=cfg.get("eval_batch_size", cfg.batch_size) if not train else cfg.batch_size,
+            seed=cfg.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            bad_input=cfg.data.get("bad_input", "fail"),
+            num_threads=cfg.data.get("num_threads", 4),
+        )
+
+    def initial_state(self, checkpoints: ckpt.Checkpoints) -> tuple[TrainState, str]:
+        """Precedence: the workdir's checkpoint, then `config.init_from`, then scratch."""
+        state = create_train_state(self.config, self.task, jax.random.key(self.config.seed), self.mesh)
+        restored = checkpoints.restore_latest(_abstract(state))
+        if restored is not None:
+            tree, step = restored
+            return _replace_from_tree(state, tree, self.replicated), f"resumed from {self.workdir}/checkpoints/{step}"
+        if self.config.get("init_from"):
+            source = ckpt.load_variables(self.config.init_from)
+            prefix = self.config.get("init_prefix", "")
+            params, report = ckpt.merge_pretrained(state.params, source["params"], prefix)
+            stats, _ = ckpt.merge_pretrained(state.batch_stats, source.get("batch_stats", {}), prefix)
+            if not report["loaded"]:
+                raise ValueError(
+                    f"init_from={self.config.init_from!r} loaded no parameter under prefix {prefix!r}; "
+                    f"its top-level keys: {sorted(source['params'])}"
+                )
+            state = state.replace(
+                params=jax.device_put(params, self.replicated),
+                batch_stats=jax.device_put(stats, self.replicated),
+            )
+            return state, f"initialized from {self.config.init_from} ({ckpt.summarize_report(report)})"
+        return state, "initialized from scratch"
+
+    def evaluate(self, state: TrainState, split: str = "validation") -> tuple[dict[str, float], Any]:
+        evaluator = self.task.evaluator()
+        for batch in self.loader(split, train=False).eval_batches():
+            preds = self.p_eval_step(state, _to_global(batch, self.task.device_keys, self.data_sharding))
+            host_batch = _to_host(_to_global(batch, tuple(batch), self.data_sharding))
+            evaluator.update(host_batch, _to_host(preds))
+        return evaluator.result(), evaluator
+
+
+def _abstract(state: TrainState) -> dict[str, Any]:
+    return jax.tree_util.tree_map(ocp_abstract, _savable(state))
+
+
+def ocp_abstract(x: Any) -> Any:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+def _savable(state: TrainState) -> dict[str, Any]:
+    """The part of the state that is saved: everything but the functions."""
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "rng": jax.random.key_data(state.rng),
+    }
+
+
+def _replace_from_tree(state: TrainState, tree: dict[str, Any], sharding: NamedSharding) -> TrainState:
+    tree = jax.device_put(tree, sharding)
+    return state.replace(
+        step=tree["step"],
+        params=tree["params"],
+        batch_stats=tree["batch_stats"],
+        opt_state=tree["opt_state"],
+        rng=jax.random.wrap_key_data(tree["rng"]),
+    )
+
+
+class _Preemption:
+    """Turns SIGTERM/SIGINT into a flag the loop checks, so it can save and exit cleanly."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    host = jax.device_get(history)
+    return {k: float(np.mean([h[k] for h in host])) for k in host[0] if k != "finite"}
+
+
+def _check_finite(step: int, metrics: dict[str, Any]) -> None:
+    m = jax.device_get(metrics)
+    if not float(m["finite"]):
+        terms = ", ".join(f"{k}={float(v):.6g}" for k, v in m.items() if k != "finite")
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at step {step}: {terms}. The last good checkpoint is kept; "
+            "lower the learning rate, enable optimizer.clip_grad_norm, or set skip_nonfinite=True."
+        )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final eval
+    metrics, also written to `workdir/eval/metrics.json`."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    trainer = Trainer(config, workdir)
+    task = trainer.task
+    cc = config.checkpoint
+    checkpoints = ckpt.Checkpoints(
+        workdir, keep=cc.get("keep", 2), best_metric=cc.get("best_metric") or None, mode=cc.get("best_mode", "max")
+    )
+    state, how = trainer.initial_state(checkpoints)
+    start = int(jax.device_get(state.step))
+    print(f"[jaxcv] {task.name}: {how}; step {start} of {config.num_train_steps} "
+          f"on {jax.device_count()} device(s)", flush=True)
+    writer = MetricWriter(workdir, enabled=is_main)
+    progress = Progress(config.num_train_steps, start)
+    train_loader = trainer.loader("train", train=True)
+    batches = train_loader.train_batches(start)
+    history: list[dict[str, Any]] = []
+    pending: tuple[int, dict[str, Any]] | None = None
+    step = start
+    t_log = time.perf_counter()
+    eval_metrics: dict[str, float] = {}
+    with _Preemption() as preempt:
+        while step < config.num_train_steps:
+            batch = _to_global(next(batches), task.device_keys, trainer.data_sharding)
+            if step == start:
+                t_compile = time.perf_counter()
+            state, metrics = trainer.p_train_step(state, batch)
+            if step == start:
+                jax.block_until_ready(metrics)
+                writer.write(step + 1, "compile", {"first_step_s": time.perf_counter() - t_compile})
+            if pending is not None:  # check the previous step while this one runs
+                _check_finite(*pending)
+            pending = (step + 1, metrics)
+            history.append(metrics)
+            step += 1
+            if step % config.log_every == 0 or step == config.num_train_steps:
+                _check_finite(*pending)
+                m = _mean_metrics(history)
+                m["steps_per_s"] = len(history) / max(time.perf_counter() - t_log, 1e-9)
+                if train_loader.skipped:
+                    m["skipped_inputs"] = len(train_loader.skipped)
+                history, t_log = [], time.perf_counter()
+                writer.write(step, "train", m)
+                if is_main:
+                    progress.print(step, m)
+            if preempt.signum is not None:
+                _check_finite(*pending)
+                checkpoints.save(step, _savable(state))
+                print(f"[jaxcv] signal {preempt.signum}: saved checkpoint at step {step}; exiting", flush=True)
+                checkpoints.close()
+                writer.close()
+                return {}
+            if step % config.checkpoint_every == 0 and step < config.num_train_steps:
+                _check_finite(*pending)
+                checkpoints.save(step, _savable(state))
+            if config.eval_every and step % config.eval_every == 0 and step < config.num_train_steps:
+                eval_metrics, _ = trainer.evaluate(state)
+                writer.write(step, "eval", eval_metrics)
+                checkpoints.save_best(step, _savable(state), eval_metrics)
+    if pending is not None:
+        _check_finite(*pending)
+    checkpoints.save(step, _savable(state))
+    eval_metrics, evaluator = trainer.evaluate(state)
+    writer.write(step, "eval", eval_metrics)
+    checkpoints.save_best(step, _savable(state), eval_metrics)
+    if is_main:
+        out = workdir / "eval"
+        out.mkdir(exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(_jsonable(eval_metrics), indent=2))
+        evaluator.save(out)
+        _plot_curves(workdir)
+        print("[jaxcv] final eval: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()
+                                                if isinstance(v, float)), flush=True)
+    checkpoints.close()
+    writer.close()
+    return eval_metrics
+
+
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """`--mode=eval`: evaluates the workdir's latest checkpoint (or `init_from`)."""
+    workdir = Path(workdir)
+    trainer = Trainer(config, workdir)
+    checkpoints = ckpt.Checkpoints(workdir)
+    state, how = trainer.initial_state(checkpoints)
+    print(f"[jaxcv] evaluating: {how}", flush=True)
+    metrics, evaluator = trainer.evaluate(state)
+    out = workdir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+    evaluator.save(out)
+    print("[jaxcv] eval: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    checkpoints.close()
+    return metrics
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+    """`--mode=predict`: runs the model on `config.predict.inputs` (a glob) and writes pictures."""
+    import glob
+
+    workdir = Path(workdir)
+    trainer = Trainer(config, workdir)
+    checkpoints = ckpt.Checkpoints(workdir)
+    state, how = trainer.initial_state(checkpoints)
+    paths = sorted(glob.glob(config.predict.inputs))
+    if not paths:
+        raise FileNotFoundError(f"predict.inputs={config.predict.inputs!r} matches no file")
+    outdir = Path(config.predict.get("outdir") or workdir / "predict")
+    outdir.mkdir(parents=True, exist_ok=True)
+    print(f"[jaxcv] predicting {len(paths)} image(s) with model {how} -> {outdir}", flush=True)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    trainer.task.predict_files(state.apply_fn, variables, paths, outdir)
+    checkpoints.close()
+    return outdir
+
+
+def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (float, int, np.floating, np.integer)):
+            v = float(v)
+            out[k] = v if math.isfinite(v) else None
+        else:
+            out[k] = v
+    return out
+
+
+def _plot_curves(workdir: Path) -> None:
+    try:
+        from jaxcv.viz import plot_training_curves
+
+        plot_training_curves(workdir, workdir / "curves.png")
+    except Exception as e:  # noqa: BLE001 - plots must not fail a finished run
+        logging.warning("could not plot training curves: %s", e)
+
