@@ -4,3 +4,6 @@ from jaxcv.registry import Registry
 
 # name -> callable(data_config: ConfigDict, split: str) -> Source
 DATASETS = Registry("dataset")
+
+# Source modules register themselves on import.
+from jaxcv.data import classification, segmentation  # noqa: E402,F401
