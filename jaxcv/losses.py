@@ -150,3 +150,156 @@ def retinanet_loss(
         return {"classification": jnp.mean(cls_sum / denom), "box_regression": jnp.mean(box_sum / denom)}
     denom = jnp.maximum(num_fg.sum(), 1.0)
     return {"classification": cls_sum.sum() / denom, "box_regression": box_sum.sum() / denom}
+
+
+# ----------------------------------------------------------------------------------------------
+# Segmentation losses
+#
+# Dense per-pixel losses for semantic segmentation. Shapes: logits [B, H, W, K] (any float dtype,
+# computed in float32), labels [B, H, W] integer class ids where `ignore_index` marks void pixels.
+# Ignored pixels contribute neither to the value nor to the gradient. Every loss returns a float32
+# scalar and stays finite (value and gradient) when a class, or every pixel, is absent/ignored.
+# ----------------------------------------------------------------------------------------------
+
+
+def _valid_and_safe_labels(labels: jax.Array, ignore_index: int) -> tuple[jax.Array, jax.Array]:
+    """labels [...] -> (valid [...] bool, safe labels [...] int32 with ignored pixels set to 0)."""
+    labels = labels.astype(jnp.int32)
+    valid = labels != ignore_index
+    return valid, jnp.where(valid, labels, 0)
+
+
+def segmentation_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    ignore_index: int = 255,
+    class_weights: jax.Array | None = None,
+) -> jax.Array:
+    """Softmax cross-entropy averaged over non-ignored pixels.
+
+    logits [B, H, W, K], labels [B, H, W] int. Matches torch `CrossEntropyLoss(weight=w,
+    ignore_index=...)` with reduction="mean": sum_i(w[y_i] * nll_i) / sum_i(w[y_i]) over valid pixels.
+    Unlike torch (NaN), a batch with no valid pixel gives 0.
+    """
+    logits = logits.astype(jnp.float32)
+    valid, safe = _valid_and_safe_labels(labels, ignore_index)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)  # [B, H, W]
+    w = valid.astype(jnp.float32)
+    if class_weights is not None:
+        w = w * jnp.asarray(class_weights, jnp.float32)[safe]
+    return jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def soft_dice_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    ignore_index: int = 255,
+    smooth: float = 1.0,
+    classes_present_only: bool = True,
+) -> jax.Array:
+    """Multi-class soft Dice loss on softmax probabilities, 1 - mean_c Dice_c.
+
+    logits [B, H, W, K], labels [B, H, W] int. Per class c, summed over the whole batch and valid
+    pixels: Dice_c = (2 * sum(p_c * t_c) + smooth) / (sum(p_c) + sum(t_c) + smooth). With
+    `classes_present_only` the mean runs over classes that occur in the (valid) target, so absent
+    classes neither dilute nor dominate the loss (smp's DiceLoss zeroes them but keeps them in the
+    mean); otherwise over all K classes. 0 for a perfect confident prediction, ~1 for disjoint masks.
+    """
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [B, H, W, K]
+    valid, safe = _valid_and_safe_labels(labels, ignore_index)
+    vmask = valid[..., None].astype(jnp.float32)
+    target = jax.nn.one_hot(safe, num_classes, dtype=jnp.float32) * vmask  # [B, H, W, K]
+    probs = probs * vmask
+    axes = tuple(range(probs.ndim - 1))
+    intersection = jnp.sum(probs * target, axis=axes)  # [K]
+    target_sum = jnp.sum(target, axis=axes)  # [K]
+    cardinality = jnp.sum(probs, axis=axes) + target_sum  # [K]
+    dice = (2.0 * intersection + smooth) / jnp.maximum(cardinality + smooth, 1e-12)  # [K]
+    per_class = 1.0 - dice
+    if classes_present_only:
+        present = (target_sum > 0).astype(jnp.float32)
+        return jnp.sum(per_class * present) / jnp.maximum(jnp.sum(present), 1.0)
+    return jnp.mean(per_class)
+
+
+def ce_dice_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    ignore_index: int = 255,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    class_weights: jax.Array | None = None,
+    smooth: float = 1.0,
+    classes_present_only: bool = True,
+) -> jax.Array:
+    """ce_weight * segmentation_cross_entropy + dice_weight * soft_dice_loss (same ignore handling)."""
+    ce = segmentation_cross_entropy(logits, labels, ignore_index, class_weights)
+    dice = soft_dice_loss(logits, labels, num_classes, ignore_index, smooth, classes_present_only)
+    return ce_weight * ce + dice_weight * dice
+
+
+def _binary_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Accepts logits [B, H, W] or [B, H, W, 1] for labels [B, H, W]; returns float32 [B, H, W]."""
+    if logits.ndim == labels.ndim + 1 and logits.shape[-1] == 1:
+        logits = logits[..., 0]
+    if logits.shape != labels.shape:
+        raise ValueError(f"binary logits {logits.shape} do not match labels {labels.shape}")
+    return logits.astype(jnp.float32)
+
+
+def binary_segmentation_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    ignore_index: int = 255,
+    pos_weight: float | None = None,
+) -> jax.Array:
+    """Sigmoid BCE averaged over non-ignored pixels; labels [B, H, W] in {0, 1, ignore_index}.
+
+    logits [B, H, W] or [B, H, W, 1]. Matches torch `BCEWithLogitsLoss(pos_weight=...)` (mean) on the
+    valid pixels: -(pos_weight * y * log s(x) + (1 - y) * log(1 - s(x))). No valid pixel gives 0.
+    """
+    x = _binary_logits(logits, labels)
+    valid, safe = _valid_and_safe_labels(labels, ignore_index)
+    y = (safe == 1).astype(jnp.float32)
+    log_p, log_not_p = jax.nn.log_sigmoid(x), jax.nn.log_sigmoid(-x)
+    pw = 1.0 if pos_weight is None else pos_weight
+    per_pixel = -(pw * y * log_p + (1.0 - y) * log_not_p)
+    w = valid.astype(jnp.float32)
+    return jnp.sum(w * per_pixel) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def binary_dice_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    ignore_index: int = 255,
+    smooth: float = 1.0,
+) -> jax.Array:
+    """Soft Dice loss on sigmoid probabilities of the foreground, over the whole batch.
+
+    logits [B, H, W] or [B, H, W, 1], labels [B, H, W] in {0, 1, ignore_index}:
+    1 - (2 * sum(p * t) + smooth) / (sum(p) + sum(t) + smooth) over valid pixels. An empty target
+    predicted empty gives 0 (thanks to `smooth`).
+    """
+    x = _binary_logits(logits, labels)
+    valid, safe = _valid_and_safe_labels(labels, ignore_index)
+    v = valid.astype(jnp.float32)
+    p = jax.nn.sigmoid(x) * v
+    t = (safe == 1).astype(jnp.float32) * v
+    dice = (2.0 * jnp.sum(p * t) + smooth) / jnp.maximum(jnp.sum(p) + jnp.sum(t) + smooth, 1e-12)
+    return 1.0 - dice
+
+
+def binary_ce_dice_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    ignore_index: int = 255,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    pos_weight: float | None = None,
+    smooth: float = 1.0,
+) -> jax.Array:
+    """ce_weight * binary_segmentation_cross_entropy + dice_weight * binary_dice_loss."""
+    ce = binary_segmentation_cross_entropy(logits, labels, ignore_index, pos_weight)
+    return ce_weight * ce + dice_weight * binary_dice_loss(logits, labels, ignore_index, smooth)
