@@ -160,6 +160,30 @@ def test_mask_folder_size_mismatch_and_missing_label(tmp_path: Path):
     assert len(skip) == 2 and len(skip.skipped) == 1 and "d.jpg" in skip.skipped[0]
 
 
+# ---------------------------------------------------------------- synthetic shapes
+
+
+def test_shapes_segmentation_wraps_semantic_map():
+    config = cfg(image_size=48, num_train=6, num_val=3, shape_classes=3, max_objects=4, seed=2)
+    src = DATASETS.get("shapes_segmentation")(config, "train")
+    assert len(src) == 6 and src.num_classes == 4 and src.class_names[0] == "background"
+    assert len(DATASETS.get("shapes_segmentation")(config, "validation")) == 3
+    shapes = DATASETS.get("shapes")(config, "train")
+    seen = set()
+    for i in range(6):
+        ex, det = src[i], shapes[i]
+        assert ex["image"].shape == (48, 48, 3) and ex["mask"].shape == (48, 48) and ex["mask"].dtype == np.uint8
+        np.testing.assert_array_equal(ex["image"], det["image"])
+        # Background 0, each instance's visible pixels carry its label + 1.
+        expect = np.zeros((48, 48), np.uint8)
+        for m, label in zip(det["masks"], det["labels"], strict=True):
+            expect[m.astype(bool)] = label + 1
+        np.testing.assert_array_equal(ex["mask"], expect)
+        np.testing.assert_array_equal(ex["mask"], src[i]["mask"])
+        seen |= set(np.unique(ex["mask"]).tolist())
+    assert 0 in seen and len(seen) >= 3 and max(seen) <= 3
+
+
 # ---------------------------------------------------------------- transform
 
 

@@ -280,6 +280,38 @@ def mask_folder(data_config: Any, split: str) -> MaskFolder:
 
 
 # --------------------------------------------------------------------------------------------------
+# Synthetic shapes
+# --------------------------------------------------------------------------------------------------
+
+
+class ShapesSegmentation:
+    """Semantic segmentation view of the synthetic shapes (`jaxcv.data.shapes.ShapesDetection`):
+    `mask` is its `semantic` map, 0 = background and shape class c -> c + 1, so
+    `num_classes = shape classes + 1`. Deterministic per (seed, split, index) like the shapes."""
+
+    def __init__(self, shapes: Any):
+        self.shapes = shapes
+        self.num_classes = shapes.num_classes + 1
+        self.class_names = ["background", *shapes.class_names]
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int) -> Example:
+        ex = self.shapes[index]
+        return {"image": ex["image"], "mask": ex["semantic"]}
+
+
+def shapes_segmentation(data_config: Any, split: str) -> ShapesSegmentation:
+    """Synthetic shapes segmentation source. Config (see `jaxcv.data.shapes.shapes_config_from`):
+    `data.image_size`, `data.num_train`, `data.num_val`, `data.min_objects`, `data.max_objects`,
+    `data.shape_classes` (shape classes, without background), `data.seed`."""
+    from jaxcv.data.shapes import ShapesDetection, shapes_config_from
+
+    return ShapesSegmentation(ShapesDetection(shapes_config_from(data_config), split))
+
+
+# --------------------------------------------------------------------------------------------------
 # Transform
 # --------------------------------------------------------------------------------------------------
 
@@ -337,3 +369,4 @@ def make_segmentation_transform(
 
 DATASETS.register("pets", pets)
 DATASETS.register("mask_folder", mask_folder)
+DATASETS.register("shapes_segmentation", shapes_segmentation)
