@@ -22,6 +22,7 @@ import numpy as np
 from jaxcv.data.base import DataError, Source
 
 Example = dict[str, Any]
+EVAL_EPOCH = 2**32 - 1  # the "epoch" in the rng key of eval items: never a training epoch
 Transform = Callable[[Example, np.random.Generator], Example]
 
 
@@ -128,7 +129,7 @@ class Loader:
             start = b * self.global_batch_size + self.process_index * self.local_batch_size
             idx = np.arange(start, start + self.local_batch_size)
             valid = idx < n
-            batch = self._batch(np.where(valid, idx, 0), [self.seed, -1])
+            batch = self._batch(np.where(valid, idx, 0), [self.seed, EVAL_EPOCH])
             batch["valid"] = valid
             return batch
 

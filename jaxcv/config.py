@@ -1,0 +1,157 @@
+"""Shared config pieces. Every file in `configs/` has `get_config(arg=None) -> ConfigDict` built from
+these, so all configs have the same keys and an override with a typo fails (configs are locked).
+
+Precedence of the starting point of a run: a checkpoint in the workdir, then `init_from` (a
+`python -m jaxcv.convert` output or another workdir; `init_prefix` says where in the model its
+parameters go, e.g. "backbone"), then scratch.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+RETINANET_PRESETS = ("torchvision", "tf_model_garden")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = ""
+    c.seed = 0
+    c.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params (mixed precision)
+    c.model = ml_collections.ConfigDict({"name": ""})
+    c.data = ml_collections.ConfigDict(
+        {
+            "name": "",
+            "image_size": 128,
+            "num_classes": 0,  # 0 = take it from the dataset; otherwise checked against it
+            "bad_input": "fail",  # or "skip": bad items are skipped and counted in the logs
+            "num_threads": 4,
+            "augment": {"hflip": True},
+        }
+    )
+    c.batch_size = 16  # global, over all devices and processes
+    c.eval_batch_size = 16
+    c.num_train_steps = 1000
+    c.log_every = 50
+    c.eval_every = 0  # 0 = only at the end
+    c.checkpoint_every = 500
+    c.checkpoint = ml_collections.ConfigDict({"keep": 2, "best_metric": "", "best_mode": "max"})
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "name": "sgd",
+            "learning_rate": 0.01,
+            "momentum": 0.9,
+            "nesterov": False,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "weight_decay": 1e-4,
+            "clip_grad_norm": 0.0,
+        }
+    )
+    c.schedule = ml_collections.ConfigDict(
+        {
+            "name": "warmup_cosine",
+            "warmup_steps": 0,
+            "warmup_init": 0.001,
+            "boundaries": (),
+            "decay_factor": 0.1,
+            "end_factor": 0.0,
+            "pct_start": 0.25,
+            "div_factor": 25.0,
+            "final_div_factor": 1e4,
+        }
+    )
+    c.freeze = ()  # parameter-path prefixes not trained, e.g. ("backbone",)
+    c.lr_multipliers = ml_collections.ConfigDict()  # {prefix: factor}, e.g. backbone=0.1
+    c.init_from = ""
+    c.init_prefix = ""
+    c.skip_nonfinite = False  # True: drop updates with NaN/Inf instead of stopping
+    c.predict = ml_collections.ConfigDict({"inputs": "", "outdir": "", "score_thresh": 0.3})
+    c.eval = ml_collections.ConfigDict({"void_class": -1})
+    return c
+
+
+def detection_config(preset: str = "torchvision") -> ml_collections.ConfigDict:
+    """RetinaNet defaults. `preset` picks the conventions that differ between the references:
+
+    - "torchvision": ignore band [0.4, 0.5), focal gamma 2 / alpha 0.25, L1 box loss on encoded
+      boxes, loss normalized per image by its foreground count, torchvision anchors.
+    - "tf_model_garden": same IoU band, gamma 1.5, Huber (smooth L1, delta 0.1) box loss with weight
+      50, normalized by the global batch's foreground count, anchors centred at (i+0.5)*stride.
+    """
+    if preset not in RETINANET_PRESETS:
+        raise ValueError(f"unknown RetinaNet preset {preset!r}; known: {RETINANET_PRESETS}")
+    c = base_config()
+    c.task = "detection"
+    c.model = ml_collections.ConfigDict(
+        {"name": "retinanet", "backbone": "resnet50", "fpn_channels": 256, "head_norm": False,
+         "p6_from": "p5", "freeze_backbone_bn": True}
+    )
+    c.data.max_boxes = 32
+    c.data.augment = ml_collections.ConfigDict({"hflip": True, "scale_jitter": (), "photometric": False})
+    c.anchors = ml_collections.ConfigDict(
+        {
+            "levels": (3, 4, 5, 6, 7),
+            "sizes": (32.0, 64.0, 128.0, 256.0, 512.0),
+            "scales": (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+            "aspect_ratios": (0.5, 1.0, 2.0),
+            "convention": "torchvision",
+        }
+    )
+    c.loss = ml_collections.ConfigDict(
+        {
+            "alpha": 0.25,
+            "gamma": 2.0,
+            "box_loss": "l1",
+            "smooth_l1_beta": 1.0 / 9,
+            "box_weight": 1.0,
+            "normalizer": "per_image",
+            "fg_iou": 0.5,
+            "bg_iou": 0.4,
+            "allow_low_quality_matches": True,
+            "coder_weights": (1.0, 1.0, 1.0, 1.0),
+        }
+    )
+    c.postprocess = ml_collections.ConfigDict(
+        {"score_thresh": 0.05, "topk_candidates": 1000, "nms_thresh": 0.5, "detections_per_img": 100}
+    )
+    c.checkpoint.best_metric = "AP"
+    if preset == "tf_model_garden":
+        c.anchors.convention = "tf_model_garden"
+        c.loss.gamma = 1.5
+        c.loss.box_loss = "smooth_l1"
+        c.loss.smooth_l1_beta = 0.1
+        c.loss.box_weight = 50.0
+        c.loss.normalizer = "global"
+        c.model.p6_from = "c5"
+    return c
+
+
+def segmentation_config() -> ml_collections.ConfigDict:
+    c = base_config()
+    c.task = "segmentation"
+    c.model = ml_collections.ConfigDict({"name": "unet_resnet34", "upsample": "bilinear"})
+    c.data.augment = ml_collections.ConfigDict({"hflip": True, "scale_jitter": ()})
+    c.loss = ml_collections.ConfigDict(
+        {"name": "ce_dice", "ce_weight": 1.0, "dice_weight": 1.0, "class_weights": ()}
+    )
+    c.checkpoint.best_metric = "mIoU"
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.weight_decay = 1e-4
+    return c
+
+
+def classification_config() -> ml_collections.ConfigDict:
+    c = base_config()
+    c.task = "classification"
+    c.model = ml_collections.ConfigDict({"name": "resnet18"})
+    c.data.augment = ml_collections.ConfigDict(
+        {"hflip": True, "random_resized_crop": True, "crop_scale": (0.35, 1.0), "pad_crop": 0,
+         "eval_crop_ratio": 0.0}  # eval: resize shorter side, centre crop S/ratio -> S (0 = plain resize)
+    )
+    c.multilabel = False
+    c.loss = ml_collections.ConfigDict({"label_smoothing": 0.0})
+    c.checkpoint.best_metric = "accuracy"
+    return c

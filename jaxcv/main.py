@@ -1,0 +1,63 @@
+"""The entry point: `python -m jaxcv.main --config=configs/NAME.py[:ARG] --workdir=DIR [--config.a.b=v]
+[--mode=train|eval|predict]`.
+
+Configs are ml_collections files whose `get_config(arg)` returns a locked ConfigDict: an override of
+a key that does not exist fails with the key's name and its valid siblings. The resolved config is
+written to `DIR/config.json`. Multi-host: pass `--coordinator=host:port --num_processes=N
+--process_id=I` (or rely on the cluster's environment with `--distributed`) to call
+`jax.distributed.initialize` first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:ARG]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detected cluster).")
+flags.DEFINE_string("coordinator", None, "host:port of process 0, for jax.distributed.initialize.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_bool("compilation_cache", True, "Use a persistent XLA compilation cache (~/.cache/jaxcv/xla).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.compilation_cache:
+        cache = os.environ.get("JAXCV_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxcv/xla"))
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if FLAGS.coordinator or FLAGS.distributed:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+        )
+    from jaxcv import train
+
+    config = FLAGS.config
+    try:
+        if FLAGS.mode == "train":
+            train.train_and_evaluate(config, FLAGS.workdir)
+        elif FLAGS.mode == "eval":
+            train.evaluate_only(config, FLAGS.workdir)
+        else:
+            train.predict(config, FLAGS.workdir)
+    except (train.NonFiniteLossError, ValueError, KeyError, FileNotFoundError) as e:
+        from jaxcv.data.base import DataError
+
+        kind = "data error" if isinstance(e, DataError) else type(e).__name__
+        print(f"[jaxcv] {kind}: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

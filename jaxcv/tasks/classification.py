@@ -1,0 +1,147 @@
+"""Image classification: single-label (softmax cross-entropy) or multi-label (sigmoid BCE).
+
+Config: `model.name` (e.g. "resnet18", "small_cnn"), `data.*` (see `jaxcv.data.classification`),
+`loss.label_smoothing`, `multilabel` (bool: sigmoid binary cross-entropy over the set of classes
+present, evaluated with per-class F1 and mAP).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcv.data.base import load_image
+from jaxcv.evaluation import classification as cls_eval
+from jaxcv.tasks import TASKS
+from jaxcv.tasks.base import Evaluator, Task
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
+    name = "classification"
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.config.get("multilabel", False))
+
+    @property
+    def device_keys(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("image", "labels") if self.multilabel else ("image", "label")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.source("train").num_classes)
+
+    def validate(self) -> None:
+        n = self.config.data.get("num_classes")
+        if n and self.num_classes != n:
+            raise ValueError(
+                f"data.num_classes={n} but dataset {self.config.data.name!r} has {self.num_classes} classes"
+            )
+
+    def make_transform(self, train: bool):
+        from jaxcv.data.classification import make_classification_transform
+
+        d = self.config.data
+        aug = d.get("augment", {}) or {}
+        return make_classification_transform(
+            self.image_size,
+            train,
+            hflip=aug.get("hflip", True),
+            random_resized_crop=aug.get("random_resized_crop", True),
+            crop_scale=tuple(aug.get("crop_scale", (0.35, 1.0))),
+            eval_crop_ratio=aug.get("eval_crop_ratio", 0.0) or None,
+            pad_crop=int(aug.get("pad_crop", 0)),
+            multilabel_classes=self.num_classes if self.multilabel else None,
+        )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        kwargs = super().model_kwargs()
+        kwargs["num_classes"] = self.num_classes
+        return kwargs
+
+    def loss(self, outputs, batch):
+        logits = outputs["logits"].astype(jnp.float32)
+        if self.multilabel:
+            loss = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean()
+            return loss, {}
+        smoothing = float(self.config.get("loss", {}).get("label_smoothing", 0.0))
+        targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], logits.shape[-1]), smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        acc = (jnp.argmax(logits, -1) == batch["label"]).mean()
+        return loss, {"accuracy": acc}
+
+    def predict(self, outputs, batch):
+        logits = outputs["logits"].astype(jnp.float32)
+        probs = jax.nn.sigmoid(logits) if self.multilabel else jax.nn.softmax(logits)
+        return {"probs": probs}
+
+    def evaluator(self) -> Evaluator:
+        src = self.source("validation")
+        return ClassificationEvaluator(src.num_classes, list(src.class_names), self.multilabel)
+
+    def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
+        from PIL import Image
+
+        transform = self.make_transform(train=False)
+        names = list(self.source("train").class_names)
+        fn = jax.jit(lambda v, x: self.predict(apply_fn(v, x, train=False), {})["probs"])
+        results = []
+        for p in paths:
+            image = load_image(p)
+            ex = transform({"image": image, "label": 0, "labels": np.zeros((0,), np.int32)},
+                           np.random.default_rng(0))
+            probs = np.asarray(fn(variables, ex["image"][None]))[0]
+            top = np.argsort(-probs)[:5]
+            results.append({"file": p, "top5": [{"class": names[i], "prob": float(probs[i])} for i in top]})
+            Image.fromarray(image).save(outdir / (Path(p).stem + f"_{names[top[0]]}.png"))
+        (outdir / "predictions.json").write_text(json.dumps(results, indent=2))
+
+
+class ClassificationEvaluator(Evaluator):
+    """Accuracy, top-5, per-class precision/recall and the confusion matrix over the whole split
+    (single-label), or per-class F1 and mAP (multi-label)."""
+
+    def __init__(self, num_classes: int, class_names: list[str], multilabel: bool):
+        self.k = num_classes
+        self.names = class_names
+        self.multilabel = multilabel
+        self.probs: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self._result: dict[str, Any] = {}
+
+    def update(self, batch, preds) -> None:
+        valid = np.asarray(batch["valid"], bool)
+        self.probs.append(np.asarray(preds["probs"])[valid])
+        key = "labels" if self.multilabel else "label"
+        self.targets.append(np.asarray(batch[key])[valid])
+
+    def result(self) -> dict[str, float]:
+        probs = np.concatenate(self.probs)
+        targets = np.concatenate(self.targets)
+        if self.multilabel:
+            r = cls_eval.multilabel_metrics(probs, targets)
+            self._result = r
+            return {"mAP": float(r["mAP"]), "mean_f1": float(r["mean_f1"])}
+        r = cls_eval.classification_metrics(probs, targets, self.k)
+        self._result = r
+        out = {"accuracy": float(r["accuracy"])}
+        if self.k > 5:
+            out["top5_accuracy"] = float(r["top5_accuracy"])
+        return out
+
+    def save(self, directory: Path) -> None:
+        r = self._result
+        serial = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+        (directory / "classification.json").write_text(json.dumps(serial, indent=2))
+        if not self.multilabel:
+            cls_eval.save_confusion_matrix(
+                np.asarray(r["confusion_matrix"]), self.names,
+                directory / "confusion_matrix.png", directory / "confusion_matrix.json",
+            )

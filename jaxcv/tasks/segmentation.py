@@ -1,0 +1,140 @@
+"""Semantic segmentation (U-Net family) with cross-entropy and/or soft Dice losses.
+
+Config: `model.name` (e.g. "unet_resnet34", "unet", "pets_segmenter"), `data.*` (see
+`jaxcv.data.segmentation`), `loss.name` ("ce" | "dice" | "ce_dice"), `loss.ce_weight`,
+`loss.dice_weight`, `loss.class_weights`, `eval.void_class` (a class id excluded from the metrics,
+CamVid style). Metrics come from one confusion matrix over the whole split (never per-batch means).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcv.data.base import IGNORE_INDEX, load_image
+from jaxcv.evaluation.segmentation import ConfusionMatrix
+from jaxcv.losses import segmentation_cross_entropy, soft_dice_loss
+from jaxcv.tasks import TASKS
+from jaxcv.tasks.base import Evaluator, Task
+
+LOSSES = ("ce", "dice", "ce_dice")
+
+
+@TASKS.register("segmentation")
+class SegmentationTask(Task):
+    name = "segmentation"
+    device_keys = ("image", "mask")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.source("train").num_classes)
+
+    def validate(self) -> None:
+        if self.config.loss.name not in LOSSES:
+            raise ValueError(f"loss.name={self.config.loss.name!r}; known: {', '.join(LOSSES)}")
+        stride = int(self.config.get("model_stride", 32))
+        if self.image_size % stride:
+            raise ValueError(f"data.image_size={self.image_size} must be divisible by {stride} for a U-Net")
+        n = self.config.data.get("num_classes")
+        if n and n != self.num_classes:
+            raise ValueError(
+                f"data.num_classes={n} but dataset {self.config.data.name!r} has {self.num_classes} classes"
+            )
+
+    def make_transform(self, train: bool):
+        from jaxcv.data.segmentation import make_segmentation_transform
+
+        aug = self.config.data.get("augment", {}) or {}
+        jitter = aug.get("scale_jitter")
+        return make_segmentation_transform(
+            self.image_size, train, hflip=bool(aug.get("hflip", True)), scale_jitter=tuple(jitter) if jitter else None
+        )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        kwargs = super().model_kwargs()
+        kwargs["num_classes"] = self.num_classes
+        return kwargs
+
+    def loss(self, outputs, batch):
+        lc = self.config.loss
+        logits = outputs["logits"].astype(jnp.float32)
+        mask = batch["mask"]
+        weights = lc.get("class_weights")
+        terms: dict[str, jax.Array] = {}
+        total = jnp.zeros((), jnp.float32)
+        if lc.name in ("ce", "ce_dice"):
+            cw = jnp.asarray(weights, jnp.float32) if weights else None
+            terms["ce"] = segmentation_cross_entropy(logits, mask, ignore_index=IGNORE_INDEX, class_weights=cw)
+            total = total + lc.get("ce_weight", 1.0) * terms["ce"]
+        if lc.name in ("dice", "ce_dice"):
+            terms["dice"] = soft_dice_loss(logits, mask, self.num_classes, ignore_index=IGNORE_INDEX)
+            total = total + lc.get("dice_weight", 1.0) * terms["dice"]
+        valid = mask != IGNORE_INDEX
+        terms["pixel_acc"] = ((jnp.argmax(logits, -1) == mask) & valid).sum() / jnp.maximum(valid.sum(), 1)
+        return total, terms
+
+    def predict(self, outputs, batch):
+        return {"pred": jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)}
+
+    def evaluator(self) -> Evaluator:
+        src = self.source("validation")
+        void = int(self.config.get("eval", {}).get("void_class", -1))
+        return SegmentationEvaluator(src.num_classes, list(src.class_names), void if void >= 0 else None)
+
+    def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
+        from PIL import Image
+
+        from jaxcv.viz import indexed_mask_png, overlay_mask
+
+        s = self.image_size
+        fn = jax.jit(lambda v, x: self.predict(apply_fn(v, x, train=False), {})["pred"])
+        transform = self.make_transform(train=False)
+        for path in paths:
+            image = load_image(path)
+            h, w = image.shape[:2]
+            ex = transform({"image": image, "mask": np.zeros((h, w), np.uint8)}, np.random.default_rng(0))
+            pred = np.asarray(fn(variables, ex["image"][None]))[0]
+            # Undo the eval transform (resize to s x s) back to the original resolution.
+            pred_full = np.asarray(Image.fromarray(pred.astype(np.uint8)).resize((w, h), Image.NEAREST))
+            if pred.shape != (s, s):
+                raise AssertionError(pred.shape)
+            indexed_mask_png(pred_full).save(outdir / f"{Path(path).stem}_mask.png")
+            overlay_mask(image, pred_full).save(outdir / f"{Path(path).stem}_overlay.png")
+
+
+class SegmentationEvaluator(Evaluator):
+    """mIoU, per-class IoU and Dice (fastai DiceMulti semantics), pixel accuracy."""
+
+    def __init__(self, num_classes: int, class_names: list[str], void_class: int | None):
+        self.cm = ConfusionMatrix(num_classes, void_class=void_class)
+        self.names = class_names
+        self._result: dict[str, Any] = {}
+        self.samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def update(self, batch, preds) -> None:
+        valid = np.asarray(batch["valid"], bool)
+        self.cm.update(np.asarray(preds["pred"])[valid], np.asarray(batch["mask"])[valid])
+        for b in np.flatnonzero(valid)[: max(0, 8 - len(self.samples))]:
+            self.samples.append((batch["image"][b], np.asarray(batch["mask"][b]), np.asarray(preds["pred"][b])))
+
+    def result(self) -> dict[str, float]:
+        r = self.cm.compute()
+        self._result = r
+        return {"mIoU": float(r["mIoU"]), "dice": float(r["mean_dice"]), "pixel_acc": float(r["pixel_accuracy"])}
+
+    def save(self, directory: Path) -> None:
+        from jaxcv.viz import grid, overlay_mask
+
+        serial = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in self._result.items()}
+        serial["class_names"] = self.names
+        (directory / "segmentation.json").write_text(json.dumps(serial, indent=2, default=float))
+        tiles = []
+        for image, mask, pred in self.samples:
+            tiles += [overlay_mask(image, mask), overlay_mask(image, pred)]
+        if tiles:
+            grid(tiles, cols=4).save(directory / "predictions.png")

@@ -1,0 +1,135 @@
+"""Pictures: detections and masks drawn on images, galleries, and training curves (Pillow, matplotlib)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from jaxcv.data.base import denormalize
+
+# A fixed, distinguishable palette (tab10 followed by tab20's lighter tones), RGB uint8.
+PALETTE = np.array(
+    [
+        [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+        [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+        [174, 199, 232], [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213],
+        [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141], [158, 218, 229],
+    ],
+    np.uint8,
+)
+
+
+def color(i: int) -> tuple[int, int, int]:
+    return tuple(int(c) for c in PALETTE[int(i) % len(PALETTE)])
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A normalized float image (as the model sees it) or a uint8 image -> uint8 [H, W, 3]."""
+    image = np.asarray(image)
+    return image if image.dtype == np.uint8 else denormalize(image)
+
+
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: Sequence[int],
+    scores: Sequence[float] | None,
+    class_names: Sequence[str],
+    width: int = 2,
+) -> Image.Image:
+    """Draws boxes [N, 4] xyxy pixels with `class: score` captions on an image."""
+    im = Image.fromarray(to_uint8(image)).convert("RGB")
+    draw = ImageDraw.Draw(im)
+    for i, (box, label) in enumerate(zip(np.asarray(boxes), labels, strict=True)):
+        c = color(label)
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=c, width=width)
+        name = class_names[int(label)] if int(label) < len(class_names) else str(int(label))
+        text = name if scores is None else f"{name}: {float(scores[i]):.2f}"
+        tx, ty = x1 + 1, max(0.0, y1 - 11)
+        bbox = draw.textbbox((tx, ty), text)
+        draw.rectangle(bbox, fill=c)
+        draw.text((tx, ty), text, fill=(255, 255, 255))
+    return im
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, ignore_index: int = 255) -> Image.Image:
+    """Blends a class-id mask [H, W] in palette colours over the image (class 0 = background left clear)."""
+    base = to_uint8(image).astype(np.float32)
+    mask = np.asarray(mask)
+    colors = PALETTE[(mask.astype(np.int64) - 1) % len(PALETTE)].astype(np.float32)
+    paint = (mask > 0) & (mask != ignore_index)
+    out = np.where(paint[..., None], (1 - alpha) * base + alpha * colors, base)
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def indexed_mask_png(mask: np.ndarray) -> Image.Image:
+    """A class-id mask as a palette ('P' mode) PNG: pixel values are class ids, colours for viewing."""
+    im = Image.fromarray(np.asarray(mask, np.uint8), mode="P")
+    pal = np.zeros((256, 3), np.uint8)
+    pal[1:] = PALETTE[np.arange(255) % len(PALETTE)]
+    pal[255] = (255, 255, 255)
+    im.putpalette(pal.reshape(-1).tolist())
+    return im
+
+
+def grid(images: Sequence[Image.Image], cols: int = 4, pad: int = 4) -> Image.Image:
+    """Tiles equally sized PIL images into one picture."""
+    w, h = images[0].size
+    rows = -(-len(images) // cols)
+    out = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        out.paste(im.convert("RGB"), (pad + c * (w + pad), pad + r * (h + pad)))
+    return out
+
+
+def detection_gallery(
+    samples: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]], class_names: Sequence[str], path: Path,
+    min_score: float = 0.3,
+) -> None:
+    """Saves a grid of eval images (as the model saw them) with their detections above `min_score`."""
+    tiles = []
+    for image, det in samples:
+        keep = det["valid"].astype(bool) & (det["scores"] >= min_score)
+        tiles.append(draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep],
+                                     class_names))
+    if tiles:
+        grid(tiles).save(path)
+
+
+def plot_training_curves(workdir: str | Path, path: str | Path) -> None:
+    """Train loss terms and eval metrics over steps, from `workdir/metrics.jsonl`, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxcv.logs import read_metrics
+
+    records = read_metrics(workdir)
+    train = [r for r in records if r["split"] == "train"]
+    evals = [r for r in records if r["split"] == "eval"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    skip = {"step", "split", "steps_per_s", "grad_norm", "skipped_inputs"}
+    for key in sorted({k for r in train for k in r} - skip):
+        pts = [(r["step"], r[key]) for r in train if key in r]
+        axes[0].plot(*zip(*pts, strict=True), label=key)
+    axes[0].set_xlabel("step")
+    axes[0].set_title("training")
+    axes[0].legend()
+    for key in sorted({k for r in evals for k in r} - skip)[:8]:
+        pts = [(r["step"], r[key]) for r in evals if isinstance(r.get(key), float)]
+        if pts:
+            axes[1].plot(*zip(*pts, strict=True), marker="o", label=key)
+    axes[1].set_xlabel("step")
+    axes[1].set_title("evaluation")
+    if evals:
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
