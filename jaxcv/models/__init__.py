@@ -16,5 +16,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 # Each model module registers itself on import.
 from jaxcv.models import resnet  # noqa: E402,F401,I001
+from jaxcv.models import cnn  # noqa: E402,F401
 from jaxcv.models import retinanet  # noqa: E402,F401
 from jaxcv.models import unet  # noqa: E402,F401
