@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tensorflow (tfds, TensorBoard) C++ chatter
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:ARG]).", lock_config=True)
@@ -31,6 +33,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not any(a.startswith(("-v", "--v", "--verbosity")) for a in sys.argv[1:]):
+        logging.set_verbosity(logging.WARNING)  # orbax/absl INFO lines would drown the progress line
     import jax
 
     if FLAGS.compilation_cache:
@@ -54,8 +58,10 @@ def main(argv: list[str]) -> None:
     except (train.NonFiniteLossError, ValueError, KeyError, FileNotFoundError) as e:
         from jaxcv.data.base import DataError
 
+        if os.environ.get("JAXCV_TRACEBACK"):
+            raise
         kind = "data error" if isinstance(e, DataError) else type(e).__name__
-        print(f"[jaxcv] {kind}: {e}", file=sys.stderr, flush=True)
+        print(f"[jaxcv] {kind}: {e}\n(set JAXCV_TRACEBACK=1 for the traceback)", file=sys.stderr, flush=True)
         sys.exit(1)
 
 

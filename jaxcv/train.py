@@ -91,7 +91,7 @@ def train_step(
         return loss, (terms, mutated.get("batch_stats", state.batch_stats))
 
     (loss, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
     if skip_nonfinite:
@@ -252,12 +252,21 @@ class _Preemption:
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     host = jax.device_get(history)
-    return {k: float(np.mean([h[k] for h in host])) for k in host[0] if k != "finite"}
+    out = {k: float(np.mean([h[k] for h in host])) for k in host[0] if k != "finite"}
+    skipped = sum(1 for h in host if not float(h["finite"]))
+    if skipped:
+        out["skipped_updates"] = float(skipped)
+    return out
 
 
-def _check_finite(step: int, metrics: dict[str, Any]) -> None:
+def _check_finite(step: int, metrics: dict[str, Any], skip: bool = False) -> None:
+    """Raises NonFiniteLossError naming the step and the loss terms (or, with `skip`, warns: the
+    update was already dropped inside the step)."""
     m = jax.device_get(metrics)
     if not float(m["finite"]):
+        if skip:
+            logging.warning("non-finite loss or gradient at step %d: update skipped", step)
+            return
         terms = ", ".join(f"{k}={float(v):.6g}" for k, v in m.items() if k != "finite")
         raise NonFiniteLossError(
             f"non-finite loss or gradient at step {step}: {terms}. The last good checkpoint is kept; "
@@ -288,6 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     train_loader = trainer.loader("train", train=True)
     batches = train_loader.train_batches(start)
     history: list[dict[str, Any]] = []
+    skip = bool(config.get("skip_nonfinite", False))
     pending: tuple[int, dict[str, Any]] | None = None
     step = start
     t_log = time.perf_counter()
@@ -302,12 +312,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 jax.block_until_ready(metrics)
                 writer.write(step + 1, "compile", {"first_step_s": time.perf_counter() - t_compile})
             if pending is not None:  # check the previous step while this one runs
-                _check_finite(*pending)
+                _check_finite(*pending, skip)
             pending = (step + 1, metrics)
             history.append(metrics)
             step += 1
             if step % config.log_every == 0 or step == config.num_train_steps:
-                _check_finite(*pending)
+                _check_finite(*pending, skip)
                 m = _mean_metrics(history)
                 m["steps_per_s"] = len(history) / max(time.perf_counter() - t_log, 1e-9)
                 if train_loader.skipped:
@@ -317,21 +327,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 if is_main:
                     progress.print(step, m)
             if preempt.signum is not None:
-                _check_finite(*pending)
+                _check_finite(*pending, skip)
                 checkpoints.save(step, _savable(state))
                 print(f"[jaxcv] signal {preempt.signum}: saved checkpoint at step {step}; exiting", flush=True)
                 checkpoints.close()
                 writer.close()
                 return {}
             if step % config.checkpoint_every == 0 and step < config.num_train_steps:
-                _check_finite(*pending)
+                _check_finite(*pending, skip)
                 checkpoints.save(step, _savable(state))
             if config.eval_every and step % config.eval_every == 0 and step < config.num_train_steps:
                 eval_metrics, _ = trainer.evaluate(state)
                 writer.write(step, "eval", eval_metrics)
                 checkpoints.save_best(step, _savable(state), eval_metrics)
     if pending is not None:
-        _check_finite(*pending)
+        _check_finite(*pending, skip)
     checkpoints.save(step, _savable(state))
     eval_metrics, evaluator = trainer.evaluate(state)
     writer.write(step, "eval", eval_metrics)

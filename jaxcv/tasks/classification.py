@@ -78,9 +78,7 @@ class ClassificationTask(Task):
         return loss, {"accuracy": acc}
 
     def predict(self, outputs, batch):
-        logits = outputs["logits"].astype(jnp.float32)
-        probs = jax.nn.sigmoid(logits) if self.multilabel else jax.nn.softmax(logits)
-        return {"probs": probs}
+        return {"logits": outputs["logits"].astype(jnp.float32)}
 
     def evaluator(self) -> Evaluator:
         src = self.source("validation")
@@ -91,7 +89,8 @@ class ClassificationTask(Task):
 
         transform = self.make_transform(train=False)
         names = list(self.source("train").class_names)
-        fn = jax.jit(lambda v, x: self.predict(apply_fn(v, x, train=False), {})["probs"])
+        act = jax.nn.sigmoid if self.multilabel else jax.nn.softmax
+        fn = jax.jit(lambda v, x: act(self.predict(apply_fn(v, x, train=False), {})["logits"]))
         results = []
         for p in paths:
             image = load_image(p)
@@ -105,43 +104,35 @@ class ClassificationTask(Task):
 
 
 class ClassificationEvaluator(Evaluator):
-    """Accuracy, top-5, per-class precision/recall and the confusion matrix over the whole split
-    (single-label), or per-class F1 and mAP (multi-label)."""
+    """Top-1/top-5 accuracy, per-class precision/recall and the confusion matrix over the whole split
+    (single-label), or per-class F1 and mAP (multi-label); see `jaxcv.evaluation.classification`."""
 
     def __init__(self, num_classes: int, class_names: list[str], multilabel: bool):
-        self.k = num_classes
         self.names = class_names
         self.multilabel = multilabel
-        self.probs: list[np.ndarray] = []
-        self.targets: list[np.ndarray] = []
+        self.metrics = cls_eval.ClassificationEvaluator(num_classes, multilabel=multilabel)
         self._result: dict[str, Any] = {}
 
     def update(self, batch, preds) -> None:
         valid = np.asarray(batch["valid"], bool)
-        self.probs.append(np.asarray(preds["probs"])[valid])
         key = "labels" if self.multilabel else "label"
-        self.targets.append(np.asarray(batch[key])[valid])
+        self.metrics.update(np.asarray(preds["logits"])[valid], np.asarray(batch[key])[valid])
 
     def result(self) -> dict[str, float]:
-        probs = np.concatenate(self.probs)
-        targets = np.concatenate(self.targets)
+        r = self._result = self.metrics.compute()
         if self.multilabel:
-            r = cls_eval.multilabel_metrics(probs, targets)
-            self._result = r
-            return {"mAP": float(r["mAP"]), "mean_f1": float(r["mean_f1"])}
-        r = cls_eval.classification_metrics(probs, targets, self.k)
-        self._result = r
-        out = {"accuracy": float(r["accuracy"])}
-        if self.k > 5:
-            out["top5_accuracy"] = float(r["top5_accuracy"])
+            return {"mAP": float(r["mAP"]), "macro_f1": float(r["macro_f1"])}
+        out = {"accuracy": float(r["top1"]), "macro_recall": float(r["macro_recall"])}
+        if "top5" in r:
+            out["top5_accuracy"] = float(r["top5"])
         return out
 
     def save(self, directory: Path) -> None:
         r = self._result
         serial = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
-        (directory / "classification.json").write_text(json.dumps(serial, indent=2))
+        (directory / "classification.json").write_text(json.dumps(serial, indent=2, default=str))
         if not self.multilabel:
             cls_eval.save_confusion_matrix(
-                np.asarray(r["confusion_matrix"]), self.names,
+                r["confusion_matrix"], self.names,
                 directory / "confusion_matrix.png", directory / "confusion_matrix.json",
             )

@@ -1,0 +1,114 @@
+"""The trainer end to end: learning, outputs, resume, NaN guard, multi-device equality, one compile."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxcv import checkpoint as ckpt
+from jaxcv import train
+from jaxcv.logs import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(name: str, arg: str | None = "smoke", **overrides):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(arg)
+    with c.unlocked():
+        for key, value in overrides.items():
+            node = c
+            *parents, leaf = key.split("__")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return c
+
+
+def final_params(workdir: Path) -> dict[str, np.ndarray]:
+    from flax import traverse_util
+
+    shutil.rmtree(workdir / "best", ignore_errors=True)  # read the latest, not the best
+    return traverse_util.flatten_dict(ckpt.load_variables(workdir)["params"], sep="/")
+
+
+@pytest.mark.slow
+def test_classification_learns_and_writes_outputs(tmp_path: Path):
+    c = config("synthetic_classification", None, num_train_steps=80, log_every=10, checkpoint_every=40,
+               data__num_train=1024, data__num_val=128)
+    metrics = train.train_and_evaluate(c, tmp_path)
+    assert metrics["accuracy"] > 0.6, metrics  # 4 classes: chance is 0.25
+    train_losses = [r["loss"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert train_losses[-1] < 0.5 * train_losses[0], train_losses
+    for f in ("config.json", "metrics.jsonl", "eval/metrics.json", "eval/confusion_matrix.png",
+              "eval/confusion_matrix.json", "curves.png"):
+        assert (tmp_path / f).exists(), f
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "eval/metrics.json").read_text())["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 80
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path):
+    c = config("synthetic_classification", num_train_steps=6, checkpoint_every=3)
+    a, b = tmp_path / "a", tmp_path / "b"
+    train.train_and_evaluate(c, a)
+    train.train_and_evaluate(c, b)
+    # Simulate a run killed after the step-3 checkpoint: drop everything later and run again.
+    shutil.rmtree(b / "checkpoints" / "6")
+    shutil.rmtree(b / "best")
+    out = train.train_and_evaluate(c, b)
+    assert out
+    pa, pb = final_params(a), final_params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)  # bit-identical on CPU
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path):
+    c = config("synthetic_classification", num_train_steps=6, checkpoint_every=1, log_every=1,
+               optimizer__name="sgd", optimizer__learning_rate=1e30, optimizer__clip_grad_norm=0.0)
+    with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss or gradient at step (\d+)") as e:
+        train.train_and_evaluate(c, tmp_path)
+    bad_step = int(str(e.value).split("at step ")[1].split(":")[0])
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and max(saved) < bad_step, (saved, bad_step)
+
+
+def test_skip_nonfinite_keeps_params_finite(tmp_path: Path):
+    c = config("synthetic_classification", num_train_steps=4, checkpoint_every=100, log_every=1,
+               skip_nonfinite=True, optimizer__name="sgd", optimizer__learning_rate=1e30)
+    train.train_and_evaluate(c, tmp_path)
+    for k, v in final_params(tmp_path).items():
+        assert np.isfinite(v).all(), k
+
+
+def _worker(spec: str, steps: int, out: Path, devices: int, *overrides: str) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "train_worker.py"), spec, str(steps), str(out), *overrides],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["synthetic_classification", "shapes_retinanet", "shapes_unet"])
+def test_eight_devices_equal_one(tmp_path: Path, name: str):
+    spec = f"configs/{name}.py:smoke"
+    one = _worker(spec, 3, tmp_path / "one.npz", 1, "batch_size=8")
+    eight = _worker(spec, 3, tmp_path / "eight.npz", 8, "batch_size=8")
+    assert one["devices"] == 1 and eight["devices"] == 8
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
+    p1, p8 = np.load(tmp_path / "one.npz"), np.load(tmp_path / "eight.npz")
+    for k in p1.files:
+        np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert one["compiles"] == 1 and eight["compiles"] == 1
