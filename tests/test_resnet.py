@@ -71,7 +71,7 @@ def test_odd_sizes_follow_conv_arithmetic() -> None:
 def test_train_mode_updates_batch_stats_like_torch() -> None:
     model = create_model("resnet18", num_classes=5)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
     train_fwd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
     eval_fwd = jax.jit(lambda v, x: model.apply(v, x))
     out, updates = train_fwd(variables, x)
@@ -93,7 +93,7 @@ def test_train_mode_updates_batch_stats_like_torch() -> None:
 def test_bfloat16_compute_keeps_float32_params_and_logits() -> None:
     model = create_model("resnet18", num_classes=7, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
     assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
     out = jax.jit(model.apply)(variables, x)
     assert out["C5"].dtype == jnp.bfloat16
@@ -105,7 +105,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits() -> None:
 
 def test_init_follows_torchvision() -> None:
     model = create_model("resnet18", num_classes=10)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 32, 32, 3)))
     params = variables["params"]
     k = params["layer4_0"]["conv2"]["kernel"]  # 3x3x512x512, kaiming normal fan_out: std sqrt(2 / (9 * 512))
     assert abs(float(k.std()) / np.sqrt(2 / (9 * 512)) - 1) < 0.02
@@ -115,7 +115,7 @@ def test_init_follows_torchvision() -> None:
     assert float(jnp.abs(params["fc"]["kernel"]).max()) <= fc_bound
     assert float(jnp.abs(params["fc"]["bias"]).max()) <= fc_bound
     zero = jax.jit(create_model("resnet18", zero_init_residual=True).init)(
-        jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+        jax.random.key(0, impl="rbg"), jnp.zeros((1, 32, 32, 3))
     )
     assert float(jnp.abs(zero["params"]["layer1_0"]["bn2"]["scale"]).max()) == 0.0
 
@@ -128,7 +128,7 @@ def test_small_cnn_outputs_dropout_and_training() -> None:
     # Learnable toy data: each class has its own colour offset on top of noise.
     colours = jax.random.normal(jax.random.key(5), (4, 1, 1, 3))
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3)) + 2.0 * colours[labels]
-    variables = jax.jit(model.init)(jax.random.key(1), x)
+    variables = jax.jit(model.init)(jax.random.key(1, impl="rbg"), x)
     fwd = jax.jit(lambda v, x: model.apply(v, x))
     out = fwd(variables, x)
     assert out["logits"].shape == (8, 4) and out["logits"].dtype == jnp.float32
