@@ -19,3 +19,4 @@ from jaxcv.models import resnet  # noqa: E402,F401,I001
 from jaxcv.models import cnn  # noqa: E402,F401
 from jaxcv.models import retinanet  # noqa: E402,F401
 from jaxcv.models import unet  # noqa: E402,F401
+from jaxcv.models import simple_detectors  # noqa: E402,F401

@@ -1,0 +1,57 @@
+"""Largest-object localization on the synthetic shapes (the fastai course's first detection exercise).
+
+A ResNet-18 from scratch, global pooling, a box head (sigmoid cx, cy, w, h relative to the image,
+L1 loss) and a class head (cross-entropy), trained on the largest shape of each image. Metrics:
+class accuracy, mean IoU with the largest gt box, accuracy at IoU >= 0.5 (see jaxcv/tasks/localization.py).
+
+    python -m jaxcv.main --config=configs/shapes_localization.py --workdir=runs/shapes_localization
+    python -m jaxcv.main --config=configs/shapes_localization.py:smoke --workdir=/tmp/loc_smoke
+"""
+
+import ml_collections
+
+from jaxcv.config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.task = "localization"
+    c.model = ml_collections.ConfigDict(
+        {"name": "localizer", "backbone": "resnet18", "hidden": 256, "dropout_rate": 0.25, "box_format": "cxcywh"}
+    )
+    c.data.name = "shapes"
+    c.data.image_size = 128
+    c.data.num_train = 4096
+    c.data.num_val = 256
+    c.data.min_objects = 1
+    c.data.max_objects = 3
+    c.data.shape_classes = 3
+    c.data.seed = 0
+    c.data.augment = ml_collections.ConfigDict({"hflip": True})
+    c.loss = ml_collections.ConfigDict({"cls_weight": 1.0, "box_weight": 5.0})
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.num_train_steps = 1500
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.checkpoint.best_metric = "mean_iou"
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.clip_grad_norm = 10.0
+    c.schedule.name = "warmup_cosine"
+    c.schedule.warmup_steps = 100
+    if arg == "smoke":
+        c.data.image_size = 64
+        c.data.num_train = 64
+        c.data.num_val = 16
+        c.batch_size = 8
+        c.eval_batch_size = 8
+        c.num_train_steps = 4
+        c.log_every = 2
+        c.checkpoint_every = 2
+        c.schedule.warmup_steps = 1
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
+    c.lock()
+    return c

@@ -1,0 +1,203 @@
+"""Largest-object localization (fastai course part 2, "pascal" notebook): one box and one class per image.
+
+Each image's target is its largest ground-truth box (by box area; the first on ties) and that box's
+class, read from any detection source (`boxes` xyxy pixels, `labels`). The model (`localizer` in
+`jaxcv.models.simple_detectors`) predicts a box relative to the image (0..1 xyxy) and class logits.
+Loss: `loss.cls_weight` * softmax cross-entropy + `loss.box_weight` * L1 on the relative xyxy
+coordinates (mean over the 4), averaged over images that have a box (images without any object
+count for neither). Metrics over the validation images with a box: `accuracy` (class), `mean_iou`
+(IoU of the predicted box with the largest gt box), `acc_iou50` (share with IoU >= 0.5) and
+`loc_accuracy` (right class and IoU >= 0.5, the classic localization score).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+import jaxcv.data.shapes  # noqa: F401 - registers the "shapes" dataset this task is made for
+from jaxcv.data.base import load_image, normalize
+from jaxcv.losses import softmax_cross_entropy
+from jaxcv.tasks import TASKS
+from jaxcv.tasks.base import Evaluator, Task
+
+METRICS = ("accuracy", "mean_iou", "acc_iou50", "loc_accuracy")
+
+
+def paired_box_iou(a: Any, b: Any) -> Any:
+    """IoU of paired boxes: a [..., 4], b [..., 4] xyxy (any units) -> [...]. Degenerate boxes have
+    area 0; 0 / 0 (two empty boxes) gives 0. numpy in, numpy out; jax in (also traced), jax out."""
+    xp = jnp if isinstance(a, jax.Array) or isinstance(b, jax.Array) else np
+    iw = xp.clip(xp.minimum(a[..., 2], b[..., 2]) - xp.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = xp.clip(xp.minimum(a[..., 3], b[..., 3]) - xp.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+
+    def area(x):
+        return xp.clip(x[..., 2] - x[..., 0], 0, None) * xp.clip(x[..., 3] - x[..., 1], 0, None)
+
+    union = area(a) + area(b) - inter
+    return xp.where(union > 0, inter / xp.where(union > 0, union, 1), 0.0)
+
+
+def largest_box(boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """boxes [N, 4] xyxy, labels [N] -> (box [4], label, found): the box of largest area (first on
+    ties, as np.argmax); (zeros, 0, False) when N = 0."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if len(boxes) == 0:
+        return np.zeros(4, np.float32), 0, False
+    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    i = int(np.argmax(areas))
+    return boxes[i], int(np.asarray(labels).reshape(-1)[i]), True
+
+
+def make_localization_transform(image_size: int, train: bool, hflip: bool = True):
+    """Raw detection example -> `image` float32 [S, S, 3] (squashed to S x S, ImageNet-normalized),
+    `box` float32 [4] xyxy relative to the image, `label` int32, `has_box` bool, `image_id` int.
+    Training flips horizontally with probability 0.5 when `hflip`."""
+
+    def transform(ex: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        image = np.asarray(ex["image"])
+        h, w = image.shape[:2]
+        box, label, found = largest_box(ex.get("boxes", np.zeros((0, 4))), ex.get("labels", np.zeros((0,))))
+        box = (box / np.array([w, h, w, h], np.float32)).clip(0, 1)
+        if (h, w) != (image_size, image_size):
+            image = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
+        if train and hflip and rng.random() < 0.5:
+            image = image[:, ::-1]
+            box = np.array([1 - box[2], box[1], 1 - box[0], box[3]], np.float32)
+        return {
+            "image": normalize(np.ascontiguousarray(image)),
+            "box": box.astype(np.float32),
+            "label": np.int32(label),
+            "has_box": np.bool_(found),
+            "image_id": int(ex.get("image_id", 0)),
+        }
+
+    return transform
+
+
+@TASKS.register("localization")
+class LocalizationTask(Task):
+    name = "localization"
+    device_keys = ("image", "box", "label", "has_box")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.source("train").num_classes)
+
+    def validate(self) -> None:
+        n = self.config.data.get("num_classes")
+        if n and n != self.num_classes:
+            raise ValueError(
+                f"data.num_classes={n} but dataset {self.config.data.name!r} has {self.num_classes} classes"
+            )
+
+    def make_transform(self, train: bool):
+        aug = self.config.data.get("augment", {}) or {}
+        return make_localization_transform(self.image_size, train, hflip=bool(aug.get("hflip", True)))
+
+    def model_kwargs(self) -> dict[str, Any]:
+        kwargs = super().model_kwargs()
+        kwargs["num_classes"] = self.num_classes
+        return kwargs
+
+    def loss(self, outputs, batch):
+        lc = self.config.get("loss", {}) or {}
+        boxes = outputs["boxes"].astype(jnp.float32)  # [B, 4]
+        logits = outputs["logits"].astype(jnp.float32)  # [B, K]
+        m = batch["has_box"].astype(jnp.float32)  # [B]
+        denom = jnp.maximum(m.sum(), 1.0)
+        ce = softmax_cross_entropy(logits, batch["label"])  # [B]
+        l1 = jnp.abs(boxes - batch["box"]).mean(-1)  # [B]
+        cls_loss = (ce * m).sum() / denom
+        box_loss = (l1 * m).sum() / denom
+        total = float(lc.get("cls_weight", 1.0)) * cls_loss + float(lc.get("box_weight", 5.0)) * box_loss
+        iou = paired_box_iou(boxes, batch["box"])
+        acc = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return total, {"cls_loss": cls_loss, "box_loss": box_loss, "accuracy": (acc * m).sum() / denom,
+                       "iou": (iou * m).sum() / denom}
+
+    def predict(self, outputs, batch):
+        probs = jax.nn.softmax(outputs["logits"].astype(jnp.float32), -1)
+        return {"boxes": outputs["boxes"].astype(jnp.float32), "labels": jnp.argmax(probs, -1).astype(jnp.int32),
+                "scores": jnp.max(probs, -1)}
+
+    def evaluator(self) -> Evaluator:
+        return LocalizationEvaluator(list(self.source("validation").class_names))
+
+    def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
+        from jaxcv.viz import draw_detections
+
+        transform = self.make_transform(train=False)
+        names = list(self.source("train").class_names)
+        fn = jax.jit(lambda v, x: self.predict(apply_fn(v, x, train=False), {}))
+        results = []
+        for path in paths:
+            image = load_image(path)
+            ex = transform({"image": image}, np.random.default_rng(0))
+            p = jax.device_get(fn(variables, ex["image"][None]))
+            h, w = image.shape[:2]
+            box = p["boxes"][0] * np.array([w, h, w, h], np.float32)
+            label, score = int(p["labels"][0]), float(p["scores"][0])
+            draw_detections(image, box[None], [label], [score], names).save(outdir / f"{Path(path).stem}_loc.png")
+            results.append({"file": str(path), "box_xyxy": [float(v) for v in box], "class": names[label],
+                            "score": score})
+        (outdir / "localizations.json").write_text(json.dumps(results, indent=2))
+
+
+class LocalizationEvaluator(Evaluator):
+    """Accuracy, mean IoU with the largest gt box, accuracy at IoU >= 0.5 and both together, over the
+    valid images that have a box."""
+
+    def __init__(self, class_names: list[str]):
+        self.class_names = class_names
+        self.ious: list[np.ndarray] = []
+        self.correct: list[np.ndarray] = []
+        self.samples: list[tuple[np.ndarray, dict[str, Any]]] = []
+        self._metrics: dict[str, float] = {}
+
+    def update(self, batch, preds) -> None:
+        keep = np.asarray(batch["valid"], bool) & np.asarray(batch["has_box"], bool)
+        pred_boxes = np.asarray(preds["boxes"], np.float64)[keep]
+        gt_boxes = np.asarray(batch["box"], np.float64)[keep]
+        self.ious.append(paired_box_iou(pred_boxes, gt_boxes))
+        self.correct.append(np.asarray(preds["labels"])[keep] == np.asarray(batch["label"])[keep])
+        for b in np.flatnonzero(keep):
+            if len(self.samples) < 16:
+                self.samples.append((np.asarray(batch["image"][b]), {
+                    "gt_box": np.asarray(batch["box"][b]), "gt_label": int(batch["label"][b]),
+                    "box": np.asarray(preds["boxes"][b]), "label": int(preds["labels"][b]),
+                    "score": float(preds["scores"][b])}))
+
+    def result(self) -> dict[str, float]:
+        iou = np.concatenate(self.ious) if self.ious else np.zeros(0)
+        correct = np.concatenate(self.correct) if self.correct else np.zeros(0, bool)
+        if iou.size == 0:
+            self._metrics = {k: 0.0 for k in METRICS}
+        else:
+            hit = iou >= 0.5
+            self._metrics = {"accuracy": float(correct.mean()), "mean_iou": float(iou.mean()),
+                             "acc_iou50": float(hit.mean()), "loc_accuracy": float((hit & correct).mean())}
+        return dict(self._metrics)
+
+    def save(self, directory: Path) -> None:
+        n = int(sum(len(x) for x in self.ious))
+        (directory / "localization.json").write_text(json.dumps({**self._metrics, "num_images": n}, indent=2))
+        if not self.samples:
+            return
+        from jaxcv.viz import draw_detections, grid
+
+        k = len(self.class_names)
+        names = [f"gt {c}" for c in self.class_names] + list(self.class_names)
+        tiles = []
+        for image, s in self.samples:
+            size = np.array(image.shape[1::-1] * 2, np.float32)  # (w, h, w, h)
+            boxes = np.stack([s["gt_box"], s["box"]]) * size
+            tiles.append(draw_detections(image, boxes, [s["gt_label"], k + s["label"]], [1.0, s["score"]], names))
+        grid(tiles).save(directory / "predictions.png")
