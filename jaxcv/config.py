@@ -97,10 +97,16 @@ def detection_config(preset: str = "torchvision") -> ml_collections.ConfigDict:
             "scales": (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
             "aspect_ratios": (0.5, 1.0, 2.0),
             "convention": "torchvision",
+            # "pyramid" (the above) | "grid": SSD-style k x k grids for `ssd_grid` (jaxcv.ops.anchors.grid_anchors)
+            "kind": "pyramid",
+            "grid_sizes": (4, 2, 1),
+            "zooms": (0.75, 1.0, 1.3),
+            "ratios": (1.0, 2.0, 0.5),
         }
     )
     c.loss = ml_collections.ConfigDict(
         {
+            "classification": "focal",  # or "bce" (= focal with gamma 0, alpha -1)
             "alpha": 0.25,
             "gamma": 2.0,
             "box_loss": "l1",

@@ -4,6 +4,10 @@ Wires the model (`config.model`), anchors (`config.anchors`), the loss (`config.
 `jaxcv.losses.retinanet_loss`), post-processing (`config.postprocess`) and COCO evaluation
 (`jaxcv.evaluation.coco`, equal to pycocotools). Ground truth arrives padded to
 `config.data.max_boxes` with `box_mask`, so one compilation serves every image.
+
+The same task trains the SSD-style teaching detector (`ssd_grid`): `config.anchors.kind = "grid"`
+swaps the pyramid anchors for `grid_anchors` (anchors.grid_sizes / zooms / ratios), and
+`config.loss.classification = "bce"` uses plain sigmoid BCE (focal with gamma 0, no alpha).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from jaxcv.data.base import load_image
 from jaxcv.evaluation.coco import coco_evaluate
 from jaxcv.losses import retinanet_loss
-from jaxcv.ops.anchors import AnchorConfig, generate_anchors
+from jaxcv.ops.anchors import AnchorConfig, generate_anchors, grid_anchors
 from jaxcv.ops.postprocess import retinanet_postprocess
 from jaxcv.tasks import TASKS
 from jaxcv.tasks.base import Evaluator, Task
@@ -43,7 +47,19 @@ class DetectionTask(Task):
             convention=a.convention,
         )
         s = self.image_size
-        anchors, self.num_anchors_per_level = generate_anchors((s, s), self.anchor_config)
+        # anchors.kind: "pyramid" (RetinaNet levels, above) or "grid" (SSD-style square grids of the
+        # teaching detector `ssd_grid`: anchors.grid_sizes / zooms / ratios, see `grid_anchors`).
+        self.anchor_kind = a.get("kind", "pyramid")
+        if self.anchor_kind == "grid":
+            zooms, ratios = tuple(float(z) for z in a.zooms), tuple(float(r) for r in a.ratios)
+            self.grid_sizes = tuple(int(k) for k in a.grid_sizes)
+            anchors, self.num_anchors_per_level = grid_anchors((s, s), self.grid_sizes, zooms, ratios)
+            self.num_anchors_per_location = len(zooms) * len(ratios)
+        elif self.anchor_kind == "pyramid":
+            anchors, self.num_anchors_per_level = generate_anchors((s, s), self.anchor_config)
+            self.num_anchors_per_location = self.anchor_config.num_anchors_per_location
+        else:
+            raise ValueError(f"unknown anchors.kind {self.anchor_kind!r}; use 'pyramid' or 'grid'")
         self.anchors = anchors  # [A, 4] xyxy pixels, numpy (a constant inside jit)
 
     @property
@@ -52,7 +68,7 @@ class DetectionTask(Task):
 
     def validate(self) -> None:
         stride = 2 ** max(self.anchor_config.levels)
-        if self.image_size % stride:
+        if self.anchor_kind == "pyramid" and self.image_size % stride:
             raise ValueError(
                 f"data.image_size={self.image_size} must be divisible by the largest stride {stride} "
                 f"(anchors.levels={tuple(self.anchor_config.levels)})"
@@ -62,6 +78,8 @@ class DetectionTask(Task):
             raise ValueError(
                 f"data.num_classes={n} but dataset {self.config.data.name!r} has {self.num_classes} classes"
             )
+        if self.config.loss.get("classification", "focal") not in ("focal", "bce"):
+            raise ValueError(f"loss.classification must be 'focal' or 'bce', got {self.config.loss.classification!r}")
 
     def make_transform(self, train: bool):
         from jaxcv.data.detection import make_detection_transform
@@ -80,11 +98,20 @@ class DetectionTask(Task):
     def model_kwargs(self) -> dict[str, Any]:
         kwargs = super().model_kwargs()
         kwargs["num_classes"] = self.num_classes
-        kwargs["num_anchors"] = self.anchor_config.num_anchors_per_location
+        kwargs["num_anchors"] = self.num_anchors_per_location
+        if self.anchor_kind == "grid":
+            kwargs["grid_sizes"] = self.grid_sizes
         return kwargs
 
     def loss(self, outputs, batch):
         lc = self.config.loss
+        if outputs["cls_logits"].shape[1] != len(self.anchors):
+            raise ValueError(
+                f"model {self.config.model.name!r} gives {outputs['cls_logits'].shape[1]} anchors but "
+                f"anchors.kind={self.anchor_kind!r} makes {len(self.anchors)}"
+            )
+        # loss.classification: "focal" (RetinaNet) or "bce" = focal with gamma 0 and no alpha weighting.
+        bce = lc.get("classification", "focal") == "bce"
         terms = retinanet_loss(
             outputs["cls_logits"].astype(jnp.float32),
             outputs["bbox_regression"].astype(jnp.float32),
@@ -92,8 +119,8 @@ class DetectionTask(Task):
             batch["boxes"],
             batch["labels"],
             batch["box_mask"],
-            alpha=lc.alpha,
-            gamma=lc.gamma,
+            alpha=-1.0 if bce else lc.alpha,
+            gamma=0.0 if bce else lc.gamma,
             box_loss=lc.box_loss,
             smooth_l1_beta=lc.smooth_l1_beta,
             normalizer=lc.normalizer,
