@@ -17,7 +17,7 @@ from flax import traverse_util
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxcv import checkpoint as ckpt  # noqa: E402
-from jaxcv.train import Trainer, _to_global  # noqa: E402
+from jaxcv.train import TRACE_COUNTS, Trainer, _to_global  # noqa: E402
 
 
 def load_config(spec: str):
@@ -51,7 +51,7 @@ def main() -> None:
         flat = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
         np.savez(out, **{k: np.asarray(v) for k, v in flat.items()})
         print(json.dumps({"devices": jax.device_count(), "losses": losses,
-                          "compiles": trainer.p_train_step._cache_size()}))
+                          "compiles": TRACE_COUNTS["train_step"]}))
 
 
 if __name__ == "__main__":
