@@ -161,3 +161,96 @@ def classification_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict({"label_smoothing": 0.0})
     c.checkpoint.best_metric = "accuracy"
     return c
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+DTYPES = ("float32", "bfloat16", "float16")
+BOX_LOSSES = ("l1", "smooth_l1", "giou")  # jaxcv.losses.retinanet_loss
+LOSS_NORMALIZERS = ("per_image", "global")
+
+
+def _fail(key: str, value: object, problem: str) -> None:
+    raise ValueError(f"config.{key}={value!r}: {problem}")
+
+
+def _int(config: ml_collections.ConfigDict, key: str, minimum: int) -> None:
+    node, value = config, None
+    for part in key.split("."):
+        if part not in node:
+            return
+        node = value = node[part]
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(key, value, f"must be an integer >= {minimum}")
+    if value < minimum:
+        _fail(key, value, f"must be >= {minimum}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks the task-independent parts of a config before anything is built or compiled.
+
+    Raises ValueError naming the key (`config.a.b=value: problem`). Task-specific consistency (the
+    dataset's classes, the detector's strides) is checked by each `Task.validate`; freeze and
+    lr_multipliers prefixes are checked against the model's parameter paths by the Trainer.
+    """
+    import jax
+
+    from jaxcv.optim import OPTIMIZERS, SCHEDULES
+
+    for key, minimum in (("batch_size", 1), ("eval_batch_size", 1), ("num_train_steps", 0), ("log_every", 1),
+                         ("checkpoint_every", 1), ("eval_every", 0), ("seed", 0), ("checkpoint.keep", 1),
+                         ("data.image_size", 1), ("data.num_classes", 0), ("data.num_threads", 1),
+                         ("schedule.warmup_steps", 0), ("data.max_boxes", 1)):
+        _int(config, key, minimum)
+    devices = jax.device_count()
+    for key in ("batch_size", "eval_batch_size"):
+        if key in config and config[key] % devices:
+            _fail(key, config[key], f"must be divisible by the number of devices ({devices}); "
+                                    f"{jax.process_count()} process(es) x {jax.local_device_count()} local")
+    if config.get("dtype", "float32") not in DTYPES:
+        _fail("dtype", config.dtype, f"unknown; known: {', '.join(DTYPES)}")
+    data = config.get("data") or {}
+    if data.get("bad_input", "fail") not in ("fail", "skip"):
+        _fail("data.bad_input", data.bad_input, "must be 'fail' or 'skip'")
+    if not data.get("name"):
+        _fail("data.name", data.get("name"), "no dataset given")
+    if not config.get("model", {}).get("name"):
+        _fail("model.name", config.get("model", {}).get("name"), "no model given")
+    opt = config.get("optimizer") or {}
+    if opt.get("name", "sgd") not in OPTIMIZERS:
+        _fail("optimizer.name", opt.name, f"unknown optimizer; known: {', '.join(OPTIMIZERS)}")
+    for key in ("learning_rate", "weight_decay", "clip_grad_norm", "momentum"):
+        value = opt.get(key, 0.0)
+        if value is not None and (not _number(value) or value < 0):
+            _fail(f"optimizer.{key}", value, "must be a number >= 0")
+    sched = config.get("schedule") or {}
+    if sched.get("name", "constant") not in SCHEDULES:
+        _fail("schedule.name", sched.name, f"unknown schedule; known: {', '.join(SCHEDULES)}")
+    if any(not _number(b) for b in sched.get("boundaries", ()) or ()):
+        _fail("schedule.boundaries", sched.boundaries, "must be a sequence of step numbers")
+    ck = config.get("checkpoint") or {}
+    if ck.get("best_mode", "max") not in ("max", "min"):
+        _fail("checkpoint.best_mode", ck.best_mode, "must be 'max' or 'min'")
+    freeze = config.get("freeze", ()) or ()
+    if isinstance(freeze, str) or not isinstance(freeze, (tuple, list)) or not all(isinstance(f, str) for f in freeze):
+        _fail("freeze", freeze, "must be a sequence of parameter-path prefixes, e.g. ('backbone',)")
+    for prefix, factor in (config.get("lr_multipliers") or {}).items():
+        if not _number(factor) or factor < 0:
+            _fail(f"lr_multipliers.{prefix}", factor, "must be a number >= 0")
+    loss = config.get("loss") or {}
+    if "box_loss" in loss and loss.box_loss not in BOX_LOSSES:
+        _fail("loss.box_loss", loss.box_loss, f"unknown box loss; known: {', '.join(BOX_LOSSES)}")
+    if "normalizer" in loss and loss.normalizer not in LOSS_NORMALIZERS:
+        _fail("loss.normalizer", loss.normalizer, f"unknown; known: {', '.join(LOSS_NORMALIZERS)}")
+    init_from = config.get("init_from")
+    if init_from:
+        from pathlib import Path
+
+        if not Path(init_from).exists():
+            raise FileNotFoundError(f"config.init_from={init_from!r} does not exist")

@@ -15,6 +15,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcv import checkpoint as ckpt
+from jaxcv.config import validate_config
 from jaxcv.data.loader import Loader
 from jaxcv.logs import MetricWriter, Progress
 from jaxcv.optim import create_optimizer
@@ -52,6 +54,10 @@ class TrainState(train_state.TrainState):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss or gradient."""
+
+
+class Preempted(Exception):
+    """Raised inside an evaluation when SIGTERM/SIGINT asked the run to stop (see `_Preemption`)."""
 
 
 def create_mesh() -> Mesh:
@@ -135,10 +141,12 @@ class Trainer:
     """Holds the compiled steps, loaders and state for one run (used by `train_and_evaluate`)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
+        validate_config(config)  # generic checks, before any dataset is built or anything compiles
         self.config = config
         self.workdir = Path(workdir)
         self.task = create_task(config)
         self.task.validate()
+        self._check_param_prefixes()
         self.mesh = create_mesh()
         self.data_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
@@ -160,6 +168,22 @@ class Trainer:
             in_shardings=(self.replicated, self.data_sharding),
             out_shardings=self.data_sharding,
         )
+
+    def _check_param_prefixes(self) -> None:
+        """`freeze`/`lr_multipliers` prefixes must name parameters: checked on the parameter shapes
+        (`jax.eval_shape` traces the init, nothing compiles) so a typo fails before compilation."""
+        if not (self.config.get("freeze") or self.config.get("lr_multipliers")):
+            return
+        model = self.task.create_model()
+        dummy = jnp.asarray(self.task.dummy_input())
+        shapes = jax.eval_shape(
+            lambda k: model.init({"params": k, "dropout": k}, dummy, train=False)["params"],
+            jax.random.key(0, impl=RNG_IMPL),
+        )
+        try:
+            create_optimizer(self.config, shapes)
+        except ValueError as e:
+            raise ValueError(f"{e}; top-level parameter names: {', '.join(sorted(shapes))}") from e
 
     def loader(self, split: str, train: bool) -> Loader:
         cfg = self.config
@@ -198,9 +222,14 @@ class Trainer:
             return state, f"initialized from {self.config.init_from} ({ckpt.summarize_report(report)})"
         return state, "initialized from scratch"
 
-    def evaluate(self, state: TrainState, split: str = "validation") -> tuple[dict[str, float], Any]:
+    def evaluate(
+        self, state: TrainState, split: str = "validation", stop: Callable[[], bool] | None = None
+    ) -> tuple[dict[str, float], Any]:
+        """Metrics of `state` on `split`. `stop()` is asked before each batch; True raises `Preempted`."""
         evaluator = self.task.evaluator()
         for batch in self.loader(split, train=False).eval_batches():
+            if stop is not None and stop():
+                raise Preempted(f"evaluation of {split!r} interrupted")
             preds = self.p_eval_step(state, _to_global(batch, self.task.device_keys, self.data_sharding))
             host_batch = _to_host(_to_global(batch, tuple(batch), self.data_sharding))
             evaluator.update(host_batch, _to_host(preds))
@@ -238,11 +267,26 @@ def _replace_from_tree(state: TrainState, tree: dict[str, Any], sharding: NamedS
 
 
 class _Preemption:
-    """Turns SIGTERM/SIGINT into a flag the loop checks, so it can save and exit cleanly."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks, so it can save and exit cleanly.
 
-    def __init__(self):
+    With `sync` (several processes) `requested()` is agreed on by all processes (an all-gather of
+    the flag), so they stop at the same step and save the checkpoint together; every process must
+    then call it equally often (once per step, once per eval batch).
+    """
+
+    def __init__(self, sync: bool = False):
         self.signum: int | None = None
+        self.sync = sync
         self._old: dict[int, Any] = {}
+
+    def requested(self) -> bool:
+        flag = self.signum is not None
+        if self.sync:
+            flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+        return flag
+
+    def describe(self) -> str:
+        return f"signal {self.signum}" if self.signum is not None else "preemption of another process"
 
     def __enter__(self):
         for s in (signal.SIGTERM, signal.SIGINT):
@@ -294,6 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     trainer = Trainer(config, workdir)
     task = trainer.task
+    train_loader = trainer.loader("train", train=True)  # an empty or unreadable split fails before compiling
+    trainer.loader("validation", train=False)
     cc = config.checkpoint
     checkpoints = ckpt.Checkpoints(
         workdir, keep=cc.get("keep", 2), best_metric=cc.get("best_metric") or None, mode=cc.get("best_mode", "max")
@@ -304,7 +350,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           f"on {jax.device_count()} device(s)", flush=True)
     writer = MetricWriter(workdir, enabled=is_main)
     progress = Progress(config.num_train_steps, start)
-    train_loader = trainer.loader("train", train=True)
     batches = train_loader.train_batches(start)
     history: list[dict[str, Any]] = []
     skip = bool(config.get("skip_nonfinite", False))
@@ -312,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step = start
     t_log = time.perf_counter()
     eval_metrics: dict[str, float] = {}
-    with _Preemption() as preempt:
+    with _Preemption(sync=jax.process_count() > 1) as preempt:
         while step < config.num_train_steps:
             batch = _to_global(next(batches), task.device_keys, trainer.data_sharding)
             if step == start:
@@ -336,37 +381,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 writer.write(step, "train", m)
                 if is_main:
                     progress.print(step, m)
-            if preempt.signum is not None:
-                _check_finite(*pending, skip)
-                checkpoints.save(step, _savable(state))
-                print(f"[jaxcv] signal {preempt.signum}: saved checkpoint at step {step}; exiting", flush=True)
-                checkpoints.close()
-                writer.close()
-                return {}
+            if preempt.requested():
+                return _stop_preempted(preempt, step, state, pending, skip, checkpoints, writer)
             if step % config.checkpoint_every == 0 and step < config.num_train_steps:
                 _check_finite(*pending, skip)
                 checkpoints.save(step, _savable(state))
             if config.eval_every and step % config.eval_every == 0 and step < config.num_train_steps:
-                eval_metrics, _ = trainer.evaluate(state)
+                try:
+                    eval_metrics, _ = trainer.evaluate(state, stop=preempt.requested)
+                except Preempted:
+                    return _stop_preempted(preempt, step, state, pending, skip, checkpoints, writer)
                 writer.write(step, "eval", eval_metrics)
                 checkpoints.save_best(step, _savable(state), eval_metrics)
-    if pending is not None:
-        _check_finite(*pending, skip)
-    checkpoints.save(step, _savable(state))
-    eval_metrics, evaluator = trainer.evaluate(state)
-    writer.write(step, "eval", eval_metrics)
-    checkpoints.save_best(step, _savable(state), eval_metrics)
-    if is_main:
-        out = workdir / "eval"
-        out.mkdir(exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(_jsonable(eval_metrics), indent=2))
-        evaluator.save(out)
-        _plot_curves(workdir)
-        print("[jaxcv] final eval: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()
-                                                if isinstance(v, float)), flush=True)
+        if pending is not None:
+            _check_finite(*pending, skip)
+        checkpoints.save(step, _savable(state))
+        try:  # a signal now: the final checkpoint is saved, only the evaluation is left for the rerun
+            if preempt.requested():
+                raise Preempted("before the final evaluation")
+            eval_metrics, evaluator = trainer.evaluate(state, stop=preempt.requested)
+        except Preempted:
+            return _stop_preempted(preempt, step, state, pending, skip, checkpoints, writer)
+        writer.write(step, "eval", eval_metrics)
+        checkpoints.save_best(step, _savable(state), eval_metrics)
+        if is_main:
+            out = workdir / "eval"
+            out.mkdir(exist_ok=True)
+            (out / "metrics.json").write_text(json.dumps(_jsonable(eval_metrics), indent=2))
+            evaluator.save(out)
+            _plot_curves(workdir)
+            print("[jaxcv] final eval: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()
+                                                    if isinstance(v, float)), flush=True)
     checkpoints.close()
     writer.close()
     return eval_metrics
+
+
+def _stop_preempted(preempt: _Preemption, step: int, state: TrainState, pending: Any, skip: bool,
+                    checkpoints: ckpt.Checkpoints, writer: MetricWriter) -> dict[str, float]:
+    """Saves the state of `step` (a no-op if that step is saved already) and ends the run cleanly; the
+    next run with the same workdir resumes from it exactly."""
+    if pending is not None:
+        _check_finite(*pending, skip)
+    checkpoints.save(step, _savable(state))
+    print(f"[jaxcv] {preempt.describe()}: saved checkpoint at step {step}; exiting", flush=True)
+    checkpoints.close()
+    writer.close()
+    return {}
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
