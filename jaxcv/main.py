@@ -30,6 +30,30 @@ flags.DEFINE_bool("compilation_cache", True, "Use a persistent XLA compilation c
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, but a bad `--config.*` override (an unknown key: ml_collections raises
+    AttributeError/KeyError with a "did you mean") prints one line naming it instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.",
+              file=sys.stderr, flush=True)
+        sys.exit(1)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if os.environ.get("JAXCV_TRACEBACK"):
+            raise
+        while isinstance(e.args[0] if e.args else None, BaseException):  # AttributeError(KeyError(...))
+            e = e.args[0]
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        key = msg.split("\n")[0].strip("'\"")
+        culprits = [a.split("=")[0] for a in argv[1:]
+                    if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+        where = f" in {', '.join(culprits)}" if culprits else ""
+        what = "unknown key" if isinstance(e, KeyError) else "bad value"
+        print(f"[jaxcv] config error{where}: {what} {msg}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -61,9 +85,10 @@ def main(argv: list[str]) -> None:
         if os.environ.get("JAXCV_TRACEBACK"):
             raise
         kind = "data error" if isinstance(e, DataError) else type(e).__name__
-        print(f"[jaxcv] {kind}: {e}\n(set JAXCV_TRACEBACK=1 for the traceback)", file=sys.stderr, flush=True)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
+        print(f"[jaxcv] {kind}: {msg}\n(set JAXCV_TRACEBACK=1 for the traceback)", file=sys.stderr, flush=True)
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
