@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
     if arg == "smoke":
         c.model.backbone = "resnet18"
         c.model.fpn_channels = 32
-        c.data.image_size = 64
+        c.data.image_size = 128
         c.batch_size = 2
         c.eval_batch_size = 2
         c.num_train_steps = 2

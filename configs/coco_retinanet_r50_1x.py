@@ -19,7 +19,7 @@ def get_config(arg: str | None = None):
     c.data.train_split = "train"
     c.data.eval_split = "validation"
     c.data.tfds_data_dir = ""
-    c.data.image_size = 1024 if arg != "smoke" else 64  # long side 1024 (~800 short side), padded
+    c.data.image_size = 1024 if arg != "smoke" else 128  # long side 1024 (~800 short side), padded
     c.data.max_boxes = 100
     c.batch_size = 16
     c.eval_batch_size = 16

@@ -39,7 +39,6 @@ def get_config(arg: str | None = None):
     c.schedule.warmup_steps = 100
     if arg == "smoke":
         c.model.fpn_channels = 32
-        c.data.image_size = 64
         c.data.num_train = 64
         c.data.num_val = 16
         c.batch_size = 8

@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
     c.freeze = ()
     c.checkpoint.best_metric = "AP50"
     if arg == "smoke":
-        c.data.image_size = 64
+        c.data.image_size = 128
         c.batch_size = 2
         c.eval_batch_size = 2
         c.num_train_steps = 2

@@ -6,4 +6,4 @@ from jaxcv.registry import Registry
 DATASETS = Registry("dataset")
 
 # Source modules register themselves on import.
-from jaxcv.data import classification, segmentation  # noqa: E402,F401
+from jaxcv.data import classification, detection, segmentation, shapes  # noqa: E402,F401
