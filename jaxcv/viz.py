@@ -133,3 +133,97 @@ def plot_training_curves(workdir: str | Path, path: str | Path) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+# ---- looking inside models (jaxcv.explain, jaxcv.show) ----------------------------------------
+
+
+def upscale(image: np.ndarray | Image.Image, size: int, resample: int = Image.NEAREST) -> Image.Image:
+    """An image scaled so its longer side is `size` px (nearest by default, so pixels stay visible)."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(to_uint8(image))
+    w, h = im.size
+    scale = size / max(w, h)
+    return im.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+
+
+def caption(image: Image.Image, text: str, fill: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """The image with a white strip of text below it (lines split on newlines)."""
+    lines = text.split("\n")
+    line_h = 12
+    out = Image.new("RGB", (image.width, image.height + line_h * len(lines) + 2), (255, 255, 255))
+    out.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((2, image.height + 1 + i * line_h), line, fill=fill)
+    return out
+
+
+def colorize(values: np.ndarray, cmap: str = "viridis", vmin: float | None = None,
+             vmax: float | None = None) -> np.ndarray:
+    """A 2-D array [H, W] -> uint8 RGB [H, W, 3] through a matplotlib colormap (min-max scaled unless
+    `vmin`/`vmax` are given; a constant map is drawn at the colormap's low end)."""
+    import matplotlib
+
+    v = np.asarray(values, np.float32)
+    lo = float(v.min()) if vmin is None else vmin
+    hi = float(v.max()) if vmax is None else vmax
+    scaled = np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(v)
+    rgba = matplotlib.colormaps[cmap](scaled)
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray | Image.Image, heatmap: np.ndarray, alpha: float = 0.45,
+                    cmap: str = "jet") -> Image.Image:
+    """A heatmap [h, w] in [0, 1] (e.g. Grad-CAM) in the `jet` colormap blended over the image
+    (resized to the image bilinearly if its size differs)."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(to_uint8(image))
+    im = im.convert("RGB")
+    heat = np.asarray(heatmap, np.float32)
+    if heat.shape != (im.height, im.width):
+        heat = np.asarray(Image.fromarray(heat).resize(im.size, Image.BILINEAR))
+    colored = colorize(heat, cmap, 0.0, 1.0).astype(np.float32)
+    out = (1 - alpha) * np.asarray(im, np.float32) + alpha * colored
+    return Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8))
+
+
+def label_strip(width: int, text: str, height: int = 16) -> Image.Image:
+    """A light grey bar with a title, to head a section of a figure."""
+    out = Image.new("RGB", (width, height), (235, 235, 235))
+    ImageDraw.Draw(out).text((4, 2), text, fill=(0, 0, 0))
+    return out
+
+
+def vstack(images: Sequence[Image.Image], pad: int = 2) -> Image.Image:
+    """Images one below the other, left-aligned, on white."""
+    w = max(im.width for im in images)
+    h = sum(im.height for im in images) + pad * (len(images) - 1)
+    out = Image.new("RGB", (w, h), (255, 255, 255))
+    y = 0
+    for im in images:
+        out.paste(im.convert("RGB"), (0, y))
+        y += im.height + pad
+    return out
+
+
+def activation_grid(activation: np.ndarray, max_channels: int = 16, cols: int = 8, tile: int = 48,
+                    cmap: str = "viridis") -> Image.Image:
+    """Channels of a feature map [h, w, C] side by side, each min-max scaled on its own (so a channel's
+    pattern is visible whatever its magnitude) and enlarged to `tile` px; the first `max_channels`."""
+    a = np.asarray(activation, np.float32)
+    if a.ndim != 3:
+        raise ValueError(f"activation must be [h, w, C], got shape {a.shape}")
+    tiles = [upscale(colorize(a[..., c], cmap), tile) for c in range(min(max_channels, a.shape[-1]))]
+    return grid(tiles, cols=min(cols, len(tiles)), pad=2)
+
+
+def activations_figure(image: np.ndarray, stages: dict[str, np.ndarray], title: str = "",
+                       max_channels: int = 16, cols: int = 8, tile: int = 48) -> Image.Image:
+    """The input, then one titled block of channel maps per stage (see `activation_grid`)."""
+    parts = [label_strip(cols * (tile + 2) + 2, f"input {title}".strip()), upscale(to_uint8(image), 2 * tile)]
+    for name, act in stages.items():
+        h, w, c = np.shape(act)
+        shown = min(max_channels, c)
+        body = activation_grid(act, max_channels, cols, tile)
+        parts.append(label_strip(max(body.width, cols * (tile + 2) + 2),
+                                 f"{name}: {h}x{w}x{c} (channels 0-{shown - 1}, each min-max scaled)"))
+        parts.append(body)
+    return vstack(parts)
