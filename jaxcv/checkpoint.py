@@ -98,10 +98,14 @@ def _check_compatible(step_dir: Path, abstract_state: Any) -> None:
     `step_dir` holds other arrays than `abstract_state` (e.g. the config's model changed)."""
     stored = _stored_shapes(step_dir)
     wanted = {_key_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-    problems = [f"{k}: missing in the checkpoint" for k in wanted if k not in stored]
-    problems += [f"{k}: not in the model/optimizer" for k in stored if k not in wanted]
-    problems += [f"{k}: {stored[k]} in the checkpoint vs {wanted[k]}" for k in wanted
-                 if k in stored and stored[k] != wanted[k]]
+    problems = []
+    for k in sorted(set(wanted) | set(stored), key=lambda k: (not k.startswith("params/"), k)):  # params first
+        if k not in stored:
+            problems.append(f"{k}: missing in the checkpoint")
+        elif k not in wanted:
+            problems.append(f"{k}: not in the model/optimizer")
+        elif stored[k] != wanted[k]:
+            problems.append(f"{k}: {stored[k]} in the checkpoint vs {wanted[k]}")
     if problems:
         raise IncompatibleCheckpointError(
             f"checkpoint {step_dir} was written by another model or optimizer ({len(problems)} difference(s), "

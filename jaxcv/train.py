@@ -175,11 +175,13 @@ class Trainer:
         if not (self.config.get("freeze") or self.config.get("lr_multipliers")):
             return
         model = self.task.create_model()
-        dummy = jnp.asarray(self.task.dummy_input())
-        shapes = jax.eval_shape(
-            lambda k: model.init({"params": k, "dropout": k}, dummy, train=False)["params"],
-            jax.random.key(0, impl=RNG_IMPL),
-        )
+        dummy = self.task.dummy_input()
+
+        def init_params():  # the key is made inside: even creating one eagerly would compile
+            key = jax.random.key(0, impl=RNG_IMPL)
+            return model.init({"params": key, "dropout": key}, dummy, train=False)["params"]
+
+        shapes = jax.eval_shape(init_params)
         try:
             create_optimizer(self.config, shapes)
         except ValueError as e:

@@ -40,7 +40,9 @@ class Loader:
       global_batch_size: examples per step over all processes.
       seed: seed of the order and of the augmentations.
       bad_input: "fail" raises the source's DataError (it names the file); "skip" replaces the item
-        by the next readable one and counts it in `self.skipped`.
+        by the next readable one (in evaluation the replacement is marked `valid=False`, so no image
+        counts twice) and records each bad item once in `self.skipped` (its reason); a known-bad item
+        is not read again.
     """
 
     def __init__(
@@ -74,6 +76,8 @@ class Loader:
         self.bad_input = bad_input
         self.prefetch = prefetch
         self.skipped: list[str] = []
+        self._bad: set[int] = set()  # indices known to be unreadable, recorded once in `skipped`
+        self._bad_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads)
 
     def __len__(self) -> int:
@@ -84,21 +88,31 @@ class Loader:
         """Full global batches per epoch (training drops the remainder)."""
         return max(1, len(self.source) // self.global_batch_size)
 
-    def _load(self, index: int, rng_key: list[int]) -> Example:
+    def _load(self, index: int, rng_key: list[int]) -> tuple[Example, bool]:
+        """Item `index` transformed, or (with "skip") the next readable one; and whether it was replaced."""
         n = len(self.source)
         for attempt in range(n):
             i = (index + attempt) % n
+            if i in self._bad:
+                continue
             try:
-                return self.transform(self.source[i], np.random.default_rng(rng_key + [i]))
+                return self.transform(self.source[i], np.random.default_rng(rng_key + [i])), attempt > 0
             except DataError as e:
                 if self.bad_input == "fail":
                     raise
-                self.skipped.append(str(e))
-                logging.warning("skipping bad input (%d so far): %s", len(self.skipped), e)
+                with self._bad_lock:
+                    new = i not in self._bad
+                    if new:
+                        self._bad.add(i)
+                        self.skipped.append(str(e))
+                if new:
+                    logging.warning("skipping bad input (%d so far): %s", len(self.skipped), e)
         raise DataError(f"no readable item in {type(self.source).__name__}")
 
-    def _batch(self, indices: np.ndarray, rng_key: list[int]) -> dict[str, np.ndarray]:
-        return collate(list(self._pool.map(lambda i: self._load(int(i), rng_key), indices)))
+    def _batch(self, indices: np.ndarray, rng_key: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The collated items and bool [len(indices)]: which ones were replaced by a readable neighbour."""
+        loaded = list(self._pool.map(lambda i: self._load(int(i), rng_key), indices))
+        return collate([ex for ex, _ in loaded]), np.array([replaced for _, replaced in loaded], bool)
 
     def train_indices(self, step: int) -> tuple[np.ndarray, int]:
         """This process's item indices of global batch `step`, and its epoch."""
@@ -112,7 +126,7 @@ class Loader:
 
         def make(step: int) -> dict[str, np.ndarray]:
             idx, epoch = self.train_indices(step)
-            return self._batch(idx, [self.seed, epoch])
+            return self._batch(idx, [self.seed, epoch])[0]
 
         return _prefetch((make(s) for s in _count(start_step)), self.prefetch)
 
@@ -129,8 +143,8 @@ class Loader:
             start = b * self.global_batch_size + self.process_index * self.local_batch_size
             idx = np.arange(start, start + self.local_batch_size)
             valid = idx < n
-            batch = self._batch(np.where(valid, idx, 0), [self.seed, EVAL_EPOCH])
-            batch["valid"] = valid
+            batch, replaced = self._batch(np.where(valid, idx, 0), [self.seed, EVAL_EPOCH])
+            batch["valid"] = valid & ~replaced
             return batch
 
         return _prefetch((make(b) for b in range(num_batches)), self.prefetch)
