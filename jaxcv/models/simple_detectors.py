@@ -43,10 +43,34 @@ def adaptive_avg_pool2d(x: Array, out_hw: tuple[int, int]) -> Array:
     return jnp.einsum("ih,bhwc,jw->bijc", mh, x, mw)
 
 
+class ConvBackbone(nn.Module):
+    """A plain CNN from scratch, for quick CPU runs and tests: per entry of `widths`, a 3x3 stride-2
+    conv + BatchNorm + ReLU. `__call__(x: [B, H, W, C], train) -> [B, H / 2**n, W / 2**n, widths[-1]]`
+    (ceil per step)."""
+
+    widths: Sequence[int] = (32, 64, 128, 256, 256)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        x = jnp.asarray(x, self.dtype)
+        for i, width in enumerate(self.widths):
+            x = nn.Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name=f"conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                             param_dtype=self.param_dtype, name=f"bn{i}")(x)
+            x = nn.relu(x)
+        return x
+
+
 def _backbone_features(backbone: str, kwargs: Mapping[str, Any], dtype: Dtype, param_dtype: Dtype,
                        x: Array, train: bool, need_map: bool) -> Array:
-    """Runs a registered backbone: ResNets give their last map `C5` [B, h, w, C]; `small_cnn` (no
-    map exposed) gives its hidden `features` [B, hidden]. `need_map` requires a map."""
+    """Runs the backbone: ResNets give their last map `C5` [B, h, w, C], "conv" (`ConvBackbone`) its
+    last map; `small_cnn` (no map exposed) gives its hidden `features` [B, hidden]. `need_map`
+    requires a map."""
+    if backbone == "conv":
+        return ConvBackbone(dtype=dtype, param_dtype=param_dtype, name="backbone", **dict(kwargs))(x, train=train)
     if backbone.startswith("resnet"):
         out = MODELS.get(backbone)(num_classes=0, dtype=dtype, param_dtype=param_dtype, name="backbone",
                                    **dict(kwargs))(x, train=train)
@@ -56,13 +80,13 @@ def _backbone_features(backbone: str, kwargs: Mapping[str, Any], dtype: Dtype, p
         out = MODELS.get(backbone)(num_classes=1, dtype=dtype, param_dtype=param_dtype, name="backbone",
                                    **dict(kwargs))(x, train=train)
         return out["features"]
-    kinds = "resnet*" if need_map else "resnet* or small_cnn"
+    kinds = "resnet* or conv" if need_map else "resnet*, conv or small_cnn"
     raise ValueError(f"unsupported backbone {backbone!r}; use {kinds}")
 
 
 class Localizer(nn.Module):
-    """Largest-object localizer: backbone -> global average pool -> [Dense(hidden) -> ReLU -> dropout]
-    -> `box_head` (4, sigmoid) and `class_head` (num_classes).
+    """Largest-object localizer: backbone (resnet*, conv or small_cnn) -> global average pool ->
+    [Dense(hidden) -> ReLU -> dropout] -> `box_head` (4, sigmoid) and `class_head` (num_classes).
 
     `__call__(x: [B, H, W, 3], train) -> dict`: `boxes` [B, 4] float32 xyxy relative to the image
     (0..1), `logits` [B, num_classes] float32. `box_format="cxcywh"` reads the 4 sigmoids as
@@ -107,7 +131,8 @@ class Localizer(nn.Module):
 class SSDGrid(nn.Module):
     """SSD-style detector on square grids of one backbone feature map (fastai "pascal-multi").
 
-    Backbone `C5` -> 3x3 conv + BN + ReLU (`neck`); then per grid k in `grid_sizes` (in order, each
+    Backbone's last map (`C5` of a ResNet, or `ConvBackbone`'s with backbone="conv") -> 3x3 conv + BN +
+    ReLU (`neck`); then per grid k in `grid_sizes` (in order, each
     from the previous grid's features): a 3x3 conv + BN + ReLU (stride 2 while the map is larger
     than k), adaptive average pooling to exactly k x k when the strides do not land on k, and two 3x3
     output convs: `cls_{i}` (num_anchors * num_classes, prior-probability bias as RetinaNet) and
