@@ -15,6 +15,7 @@ import pytest
 import jaxcv.data.shapes  # noqa: F401 - registers the "shapes" dataset
 from jaxcv.data.loader import Loader
 from jaxcv.models import create_model
+from jaxcv.models.simple_detectors import relative_boxes
 from jaxcv.ops.anchors import grid_anchors
 from jaxcv.ops.matching import detection_targets
 from jaxcv.tasks import create_task
@@ -95,17 +96,18 @@ def test_largest_box_and_transform_flip():
     np.testing.assert_allclose(f["image"], plain["image"][:, ::-1])  # image flipped with its box
 
 
-def test_localizer_boxes_are_valid_relative_boxes():
-    x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
-    for fmt, backbone, kw in (("cxcywh", "small_cnn", {"widths": (8,)}), ("xyxy", "conv", {"widths": (8, 8)})):
-        m = create_model("localizer", num_classes=4, backbone=backbone, backbone_kwargs=kw, hidden=16,
-                         box_format=fmt)
-        out = jax.jit(lambda x, m=m: m.apply(m.init(rbg_key(1), x), x))(x)
-        assert out["logits"].shape == (3, 4) and out["boxes"].shape == (3, 4)
-        b = np.asarray(out["boxes"])
+def test_relative_boxes_are_valid():
+    raw = jax.random.normal(jax.random.key(0), (64, 4)) * 3
+    for fmt in ("cxcywh", "xyxy"):
+        b = np.asarray(relative_boxes(raw, fmt))
         assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
-        if fmt == "xyxy":
-            assert b.min() >= 0 and b.max() <= 1
+    assert np.asarray(relative_boxes(raw, "xyxy")).min() >= 0 and np.asarray(relative_boxes(raw, "xyxy")).max() <= 1
+    logit = np.log(np.array([0.5, 0.5, 0.2, 0.4]) / (1 - np.array([0.5, 0.5, 0.2, 0.4])))
+    np.testing.assert_allclose(relative_boxes(jnp.asarray(logit), "cxcywh"), [0.4, 0.3, 0.6, 0.7], atol=1e-6)
+    np.testing.assert_allclose(relative_boxes(jnp.asarray(logit), "xyxy"), [0.2, 0.4, 0.5, 0.5], atol=1e-6)
+    with pytest.raises(ValueError, match="box_format"):
+        relative_boxes(raw, "xywh")
+    x = jnp.zeros((1, 32, 32, 3))
     with pytest.raises(ValueError, match="unsupported backbone"):
         m = create_model("ssd_grid", num_classes=2, backbone="small_cnn")
         jax.eval_shape(lambda: m.init(jax.random.key(0), x))

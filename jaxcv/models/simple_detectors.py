@@ -84,6 +84,19 @@ def _backbone_features(backbone: str, kwargs: Mapping[str, Any], dtype: Dtype, p
     raise ValueError(f"unsupported backbone {backbone!r}; use {kinds}")
 
 
+def relative_boxes(raw: Array, box_format: str = "cxcywh") -> Array:
+    """Box head outputs [..., 4] -> xyxy boxes relative to the image [..., 4] through a sigmoid:
+    "cxcywh" reads (cx, cy, w, h) (the box may reach past the image by up to half its size, never
+    inverted); "xyxy" reads two corners (inside the image) and sorts each pair, so x1 <= x2, y1 <= y2."""
+    s = jax.nn.sigmoid(raw.astype(jnp.float32))
+    if box_format == "cxcywh":
+        half = s[..., 2:] / 2
+        return jnp.concatenate([s[..., :2] - half, s[..., :2] + half], axis=-1)
+    if box_format == "xyxy":
+        return jnp.concatenate([jnp.minimum(s[..., :2], s[..., 2:]), jnp.maximum(s[..., :2], s[..., 2:])], axis=-1)
+    raise ValueError(f"box_format must be 'cxcywh' or 'xyxy', got {box_format!r}")
+
+
 class Localizer(nn.Module):
     """Largest-object localizer: backbone (resnet*, conv or small_cnn) -> global average pool ->
     [Dense(hidden) -> ReLU -> dropout] -> `box_head` (4, sigmoid) and `class_head` (num_classes).
@@ -117,15 +130,7 @@ class Localizer(nn.Module):
             f = nn.Dropout(self.dropout_rate, deterministic=not train)(f).astype(jnp.float32)
         raw = nn.Dense(4, dtype=jnp.float32, param_dtype=self.param_dtype, name="box_head")(f)
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype, name="class_head")(f)
-        s = jax.nn.sigmoid(raw)  # [B, 4] in (0, 1)
-        if self.box_format == "cxcywh":
-            half = s[:, 2:] / 2
-            boxes = jnp.concatenate([s[:, :2] - half, s[:, :2] + half], axis=-1)
-        else:
-            lo = jnp.minimum(s[:, :2], s[:, 2:])
-            hi = jnp.maximum(s[:, :2], s[:, 2:])
-            boxes = jnp.concatenate([lo, hi], axis=-1)
-        return {"boxes": boxes, "logits": logits}
+        return {"boxes": relative_boxes(raw, self.box_format), "logits": logits}
 
 
 class SSDGrid(nn.Module):

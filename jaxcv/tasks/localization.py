@@ -125,8 +125,8 @@ class LocalizationTask(Task):
 
     def predict(self, outputs, batch):
         probs = jax.nn.softmax(outputs["logits"].astype(jnp.float32), -1)
-        return {"boxes": outputs["boxes"].astype(jnp.float32), "labels": jnp.argmax(probs, -1).astype(jnp.int32),
-                "scores": jnp.max(probs, -1)}
+        boxes = jnp.clip(outputs["boxes"].astype(jnp.float32), 0.0, 1.0)  # clipped to the image, as detections
+        return {"boxes": boxes, "labels": jnp.argmax(probs, -1).astype(jnp.int32), "scores": jnp.max(probs, -1)}
 
     def evaluator(self) -> Evaluator:
         return LocalizationEvaluator(list(self.source("validation").class_names))
