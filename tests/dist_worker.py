@@ -1,0 +1,81 @@
+"""One process of a multi-process (multi-host style) CPU run, for tests/test_multiprocess.py.
+
+Trains STEPS steps of CONFIG through the real Trainer: its Loader reads only this process's slice of
+every global batch (process_index/process_count come from jax), `_to_global` assembles the global
+batch across processes and the jitted step runs on a mesh of all processes' devices. Prints one JSON
+line (devices, processes, losses, this process's item indices) and saves the final params to OUT.npz.
+
+    JAX_PLATFORMS=cpu python tests/dist_worker.py CONFIG[:ARG] STEPS OUT.npz NUM_PROCESSES PROCESS_ID PORT \
+        [key=value ...]
+
+NUM_PROCESSES=1 runs without jax.distributed (the single-process reference).
+"""
+
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def load_config(spec: str, overrides: list[str]):
+    """configs file `path[:arg]` with `key.sub=json_value` overrides (types kept)."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("cfg", ROOT / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    with config.unlocked():
+        for kv in overrides:
+            key, value = kv.split("=", 1)
+            node = config
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = type(node[leaf])(json.loads(value))
+    return config
+
+
+def main() -> None:
+    spec, steps, out, num_processes, process_id, port = sys.argv[1:7]
+    num_processes, process_id = int(num_processes), int(process_id)
+    if num_processes > 1:
+        # CPU collectives between processes use gloo (jax 0.10's default on CPU; explicit for clarity).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id
+        )
+    import numpy as np
+    from flax import traverse_util
+
+    from jaxcv import checkpoint as ckpt
+    from jaxcv.train import Trainer, _to_global
+    config = load_config(spec, sys.argv[7:])
+    with tempfile.TemporaryDirectory() as workdir:
+        trainer = Trainer(config, workdir)
+        state, how = trainer.initial_state(ckpt.Checkpoints(workdir))
+        loader = trainer.loader("train", train=True)
+        batches = loader.train_batches(0)
+        losses, indices = [], []
+        for step in range(int(steps)):
+            indices.append(loader.train_indices(step)[0].tolist())
+            batch = _to_global(next(batches), trainer.task.device_keys, trainer.data_sharding)
+            state, metrics = trainer.p_train_step(state, batch)
+            losses.append(float(metrics["loss"]))
+        params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), state.params)
+        flat = traverse_util.flatten_dict(params, sep="/")
+        np.savez(out, **flat)
+        print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
+                          "process_index": jax.process_index(), "local_batch": loader.local_batch_size,
+                          "losses": losses, "indices": indices, "how": how}), flush=True)
+    if num_processes > 1:
+        jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
