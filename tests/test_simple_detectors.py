@@ -12,7 +12,6 @@ import numpy as np
 import optax
 import pytest
 
-import jaxcv.data.shapes  # noqa: F401 - registers the "shapes" dataset
 from jaxcv.data.loader import Loader
 from jaxcv.models import create_model
 from jaxcv.models.simple_detectors import relative_boxes
@@ -84,8 +83,11 @@ def test_largest_box_and_transform_flip():
 
     image = np.zeros((40, 80, 3), np.uint8)
     image[10:30, 10:50] = 255  # the largest box, white
+    crowd = {"image": image, "boxes": np.array([[0, 0, 80, 40], *boxes]), "labels": np.array([0, 2, 1, 0]),
+             "iscrowd": np.array([1, 0, 0, 0])}
     ex = {"image": image, "boxes": boxes, "labels": np.array([2, 1, 0]), "image_id": 7}
     plain = make_localization_transform(32, train=False)(ex, np.random.default_rng(0))
+    np.testing.assert_array_equal(make_localization_transform(32, train=False)(crowd, None)["box"], plain["box"])
     np.testing.assert_allclose(plain["box"], [10 / 80, 10 / 40, 50 / 80, 30 / 40])
     assert plain["image"].shape == (32, 32, 3) and plain["label"] == 1 and plain["has_box"]
     flips = [make_localization_transform(32, train=True)(ex, np.random.default_rng(s)) for s in range(8)]

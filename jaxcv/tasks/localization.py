@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-import jaxcv.data.shapes  # noqa: F401 - registers the "shapes" dataset this task is made for
 from jaxcv.data.base import load_image, normalize
 from jaxcv.losses import softmax_cross_entropy
 from jaxcv.tasks import TASKS
@@ -59,12 +58,17 @@ def largest_box(boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int,
 def make_localization_transform(image_size: int, train: bool, hflip: bool = True):
     """Raw detection example -> `image` float32 [S, S, 3] (squashed to S x S, ImageNet-normalized),
     `box` float32 [4] xyxy relative to the image, `label` int32, `has_box` bool, `image_id` int.
-    Training flips horizontally with probability 0.5 when `hflip`."""
+    The target is the largest non-crowd box. Training flips horizontally with probability 0.5 when `hflip`."""
 
     def transform(ex: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         image = np.asarray(ex["image"])
         h, w = image.shape[:2]
-        box, label, found = largest_box(ex.get("boxes", np.zeros((0, 4))), ex.get("labels", np.zeros((0,))))
+        boxes = np.asarray(ex.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
+        labels = np.asarray(ex.get("labels", np.zeros((0,))), np.int32).reshape(-1)
+        if "iscrowd" in ex:  # crowd regions are not objects to localize (COCO)
+            keep = ~np.asarray(ex["iscrowd"], bool).reshape(-1)
+            boxes, labels = boxes[keep], labels[keep]
+        box, label, found = largest_box(boxes, labels)
         box = (box / np.array([w, h, w, h], np.float32)).clip(0, 1)
         if (h, w) != (image_size, image_size):
             image = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
