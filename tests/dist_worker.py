@@ -41,21 +41,16 @@ def load_config(spec: str, overrides: list[str]):
     return config
 
 
-def main() -> None:
-    spec, steps, out, num_processes, process_id, port = sys.argv[1:7]
-    num_processes, process_id = int(num_processes), int(process_id)
-    if num_processes > 1:
-        # CPU collectives between processes use gloo (jax 0.10's default on CPU; explicit for clarity).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id
-        )
+def run(spec: str, steps: int, out: str | Path, overrides: list[str]) -> dict:
+    """Trains `steps` steps of `spec` in this process (distributed or not), saves this process's copy of
+    the params to `out` (.npz) and returns a summary."""
     import numpy as np
     from flax import traverse_util
 
     from jaxcv import checkpoint as ckpt
     from jaxcv.train import Trainer, _to_global
-    config = load_config(spec, sys.argv[7:])
+
+    config = load_config(spec, overrides)
     with tempfile.TemporaryDirectory() as workdir:
         trainer = Trainer(config, workdir)
         state, how = trainer.initial_state(ckpt.Checkpoints(workdir))
@@ -68,11 +63,22 @@ def main() -> None:
             state, metrics = trainer.p_train_step(state, batch)
             losses.append(float(metrics["loss"]))
         params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), state.params)
-        flat = traverse_util.flatten_dict(params, sep="/")
-        np.savez(out, **flat)
-        print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
-                          "process_index": jax.process_index(), "local_batch": loader.local_batch_size,
-                          "losses": losses, "indices": indices, "how": how}), flush=True)
+        np.savez(out, **traverse_util.flatten_dict(params, sep="/"))
+        return {"devices": jax.device_count(), "processes": jax.process_count(),
+                "process_index": jax.process_index(), "local_batch": loader.local_batch_size,
+                "losses": losses, "indices": indices, "how": how}
+
+
+def main() -> None:
+    spec, steps, out, num_processes, process_id, port = sys.argv[1:7]
+    num_processes, process_id = int(num_processes), int(process_id)
+    if num_processes > 1:
+        # CPU collectives between processes use gloo (jax 0.10's default on CPU; explicit for clarity).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id
+        )
+    print(json.dumps(run(spec, int(steps), out, sys.argv[7:])), flush=True)
     if num_processes > 1:
         jax.distributed.shutdown()
 

@@ -71,6 +71,14 @@ def worker(out: Path, num_processes: int, process_id: int, port: int, steps: int
             str(num_processes), str(process_id), str(port), "batch_size=8"]
 
 
+def single_process_reference(out: Path, steps: int = 3) -> dict:
+    """What dist_worker.py does with one process (one device, the whole global batch of 8)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import dist_worker
+
+    return dist_worker.run(SMOKE, steps, out, ["batch_size=8"])
+
+
 def last_json(output: str) -> dict:
     return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
 
@@ -79,9 +87,8 @@ def last_json(output: str) -> dict:
 def test_two_processes_train_like_one(tmp_path: Path):
     port = free_port()
     procs = [start(worker(tmp_path / f"p{i}.npz", 2, i, port)) for i in range(2)]
-    procs.append(start(worker(tmp_path / "single.npz", 1, 0, 0)))
-    outputs = finish_all(procs)
-    p0, p1, single = (last_json(o) for o in outputs)
+    single = single_process_reference(tmp_path / "single.npz")  # meanwhile, in this process
+    p0, p1 = (last_json(o) for o in finish_all(procs))
     assert (p0["processes"], p0["devices"], p0["process_index"]) == (2, 2, 0)
     assert (p1["processes"], p1["devices"], p1["process_index"]) == (2, 2, 1)
     assert (single["processes"], single["devices"]) == (1, 1)

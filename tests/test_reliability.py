@@ -174,10 +174,12 @@ RUN_FLAGS = (f"--config.num_train_steps={STEPS}", "--config.log_every=1", f"--co
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[str, np.ndarray]:
-    """Final params of a run that nothing interrupts (the same flags as every preempted run)."""
+    """Final params of a run that nothing interrupts, with the config the CLI runs get from RUN_FLAGS
+    (run in this process: the same program on the same CPU gives the same bits)."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    proc = run_main(workdir, *RUN_FLAGS)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    c = config("synthetic_classification", num_train_steps=STEPS, log_every=1, checkpoint_every=EVERY,
+               checkpoint__keep=5)
+    assert train.train_and_evaluate(c, workdir)
     assert saved_steps(workdir)[-1] == STEPS
     return params_at(workdir, STEPS)
 
@@ -691,3 +693,82 @@ def test_no_module_in_jaxcv_unpickles():
         if found:
             offenders[str(path.relative_to(ROOT))] = found
     assert not offenders, offenders
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3b. Detection inputs: images without boxes, degenerate boxes (shapes source + detection transform)
+# ----------------------------------------------------------------------------------------------------
+
+
+class Subset:
+    """Items `indices` of `source` (a Source too)."""
+
+    def __init__(self, source, indices):
+        self.source, self.indices = source, list(indices)
+        self.num_classes, self.class_names = source.num_classes, source.class_names
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[self.indices[i]]
+
+
+def test_images_without_boxes_train_as_all_background(tmp_path: Path):
+    from jaxcv.data.loader import Loader
+
+    c = config("shapes_retinanet", data__min_objects=0, data__max_objects=1)
+    trainer = train.Trainer(c, tmp_path)
+    source = trainer.task.source("train")
+    empty = [i for i in range(len(source)) if len(source[i]["boxes"]) == 0]
+    assert len(empty) >= 8, len(empty)
+    loader = Loader(Subset(source, empty[:8]), trainer.task.make_transform(True), global_batch_size=8)
+    batch = next(loader.train_batches(0))
+    assert batch["box_mask"].shape == (8, c.data.max_boxes) and not batch["box_mask"].any()
+    state, _ = trainer.initial_state(ckpt.Checkpoints(tmp_path))
+    before = jax.device_get(state.params)
+    state, metrics = trainer.p_train_step(state, train._to_global(batch, trainer.task.device_keys,
+                                                                    trainer.data_sharding))
+    m = jax.device_get(metrics)
+    assert m["finite"] == 1 and np.isfinite(m["loss"]) and m["loss"] > 0, m  # background is still learned
+    assert m["box_loss"] == 0, m
+    changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, np.asarray(b)), before,
+                                     jax.device_get(state.params))
+    assert any(jax.tree_util.tree_leaves(changed))
+
+
+class ListSource:
+    """An in-memory detection source (what a user's loader would yield)."""
+
+    num_classes, class_names = 3, ["a", "b", "c"]
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def test_degenerate_boxes_are_dropped_or_clipped(tmp_path: Path):
+    from jaxcv.data.detection import make_detection_transform
+    from jaxcv.data.loader import Loader
+
+    nan = float("nan")
+    boxes = np.array([[10, 10, 30, 30],  # fine
+                      [30, 10, 20, 40],  # x2 < x1
+                      [15, 15, 15, 25],  # x2 == x1
+                      [70, 70, 90, 90],  # outside the 64 x 64 image
+                      [nan, 5, 20, 20],  # NaN
+                      [-10, -10, 20, 20]], np.float32)  # partly outside: clipped
+    item = {"image": np.zeros((64, 64, 3), np.uint8), "boxes": boxes, "labels": np.array([0, 1, 2, 0, 1, 2]),
+            "image_id": 7}
+    for train_mode in (False, True):
+        transform = make_detection_transform(64, 8, train_mode, hflip=False)
+        batch = next(Loader(ListSource([item]), transform, global_batch_size=1).train_batches(0))
+        kept = batch["boxes"][0][batch["box_mask"][0]]
+        assert np.isfinite(batch["boxes"]).all()
+        np.testing.assert_allclose(kept, [[10, 10, 30, 30], [0, 0, 20, 20]])
+        assert batch["labels"][0][batch["box_mask"][0]].tolist() == [0, 2]
