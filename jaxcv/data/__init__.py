@@ -6,4 +6,4 @@ from jaxcv.registry import Registry
 DATASETS = Registry("dataset")
 
 # Source modules register themselves on import.
-from jaxcv.data import classification, detection, segmentation, shapes  # noqa: E402,F401
+from jaxcv.data import classification, coco_json, detection, segmentation, shapes, tfds_detection  # noqa: E402,F401,I001
