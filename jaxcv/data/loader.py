@@ -42,7 +42,7 @@ class Loader:
       bad_input: "fail" raises the source's DataError (it names the file); "skip" replaces the item
         by the next readable one (in evaluation the replacement is marked `valid=False`, so no image
         counts twice) and records each bad item once in `self.skipped` (its reason); a known-bad item
-        is not read again.
+        is not read again. `self.skipped` starts with the source's own `skipped` list, if any.
     """
 
     def __init__(
@@ -75,7 +75,12 @@ class Loader:
         self.process_index = process_index
         self.bad_input = bad_input
         self.prefetch = prefetch
-        self.skipped: list[str] = []
+        # Problems a source already skipped while indexing (e.g. COCO annotations, images without masks)
+        # count too, so `len(skipped)` is everything "skip" left out.
+        self.skipped: list[str] = [str(s) for s in getattr(source, "skipped", None) or []]
+        if self.skipped:
+            logging.warning("%s skipped %d bad input(s) while indexing, e.g. %s", type(source).__name__,
+                            len(self.skipped), self.skipped[0])
         self._bad: set[int] = set()  # indices known to be unreadable, recorded once in `skipped`
         self._bad_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads)
