@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -772,3 +773,100 @@ def test_degenerate_boxes_are_dropped_or_clipped(tmp_path: Path):
         assert np.isfinite(batch["boxes"]).all()
         np.testing.assert_allclose(kept, [[10, 10, 30, 30], [0, 0, 20, 20]])
         assert batch["labels"][0][batch["box_mask"][0]].tolist() == [0, 2]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3c. COCO-JSON user data: structure, annotation problems, corrupt images (source + transform + Loader)
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_coco(root: Path) -> dict:
+    """4 images (64 x 48) in root/images; one box on each of the first three, none on the fourth."""
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(4):
+        _png(root / "images" / f"im{i}.png", rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+        images.append({"id": i + 1, "file_name": f"im{i}.png", "height": 48, "width": 64})
+        if i < 3:
+            anns.append({"id": i + 1, "image_id": i + 1, "category_id": (3, 7)[i % 2], "bbox": [4, 4, 20, 16],
+                         "area": 320, "iscrowd": 0})
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
+
+
+def coco_config(root: Path, data: dict, bad_input: str = "fail"):
+    (root / "ann.json").write_text(json.dumps(data))  # NaN is written as the NaN literal Python reads back
+    return config("coco_json_retinanet", data__train_json=str(root / "ann.json"),
+                  data__train_images=str(root / "images"), data__val_json=str(root / "ann.json"),
+                  data__val_images=str(root / "images"), data__bad_input=bad_input, data__num_threads=2)
+
+
+BAD_ANNOTATIONS = {
+    "nan_box": (lambda a: a.update(bbox=[float("nan"), 4, 10, 10]), r"bbox \[nan, 4, 10, 10\] is not 4 finite"),
+    "x2_le_x1": (lambda a: a.update(bbox=[30, 4, -5, 10]), r"bbox \[30, 4, -5, 10\] has no area"),
+    "zero_width": (lambda a: a.update(bbox=[30, 4, 0, 10]), r"has no area"),
+    "outside": (lambda a: a.update(bbox=[50, 30, 40, 40]), r"bbox \[50, 30, 40, 40\] lies outside its 64x48 image"),
+    "unknown_category": (lambda a: a.update(category_id=99), r"unknown category_id 99; categories: \[3, 7\]"),
+    "unknown_image": (lambda a: a.update(image_id=42), r"unknown image_id 42"),
+}
+
+
+@pytest.mark.parametrize("problem", list(BAD_ANNOTATIONS))
+def test_coco_json_bad_annotation_fails_naming_it_or_is_skipped_and_counted(tmp_path: Path, problem):
+    mutate, message = BAD_ANNOTATIONS[problem]
+    data = make_coco(tmp_path)
+    mutate(data["annotations"][1])  # annotation 2, on image 2
+    where = rf"{tmp_path}/ann\.json: annotation 2 \(image \d+\): .*"
+    with _WATCH as watch, pytest.raises(DataError, match=where + message):
+        train.train_and_evaluate(coco_config(tmp_path, data, "fail"), tmp_path / "w")
+    assert not watch.events  # found when the loaders are made, before compiling
+
+    trainer = train.Trainer(coco_config(tmp_path, data, "skip"), tmp_path / "w")
+    loader = trainer.loader("train", train=False)
+    assert len(loader.skipped) == 1 and re.search(message, loader.skipped[0]), loader.skipped
+    boxes = {int(b["image_id"][i]): int(b["box_mask"][i].sum()) for b in loader.eval_batches()
+             for i in range(len(b["image_id"])) if b["valid"][i]}
+    assert boxes == {1: 1, 2: 0, 3: 1, 4: 0}  # the bad box is gone; image 4 never had one
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda d: d.pop("categories"), r"missing top-level list 'categories'"),
+        (lambda d: d["annotations"][1].pop("bbox"), r"annotation 2 is missing field\(s\) \['bbox'\]"),
+        (lambda d: d["images"][0].pop("file_name"), r"image 1 is missing field\(s\) \['file_name'\]"),
+        (lambda d: d.update(images=[], annotations=[]), r"the split has no images"),
+    ],
+    ids=["no_categories", "annotation_without_bbox", "image_without_file_name", "empty_split"],
+)
+def test_coco_json_structure_errors_whatever_the_policy(tmp_path: Path, mutate, message):
+    data = make_coco(tmp_path)
+    mutate(data)
+    for policy in ("fail", "skip"):
+        with _WATCH as watch, pytest.raises(DataError, match=rf"{tmp_path}/ann\.json: {message}"):
+            train.train_and_evaluate(coco_config(tmp_path, data, policy), tmp_path / "w")
+        assert not watch.events
+
+
+def test_coco_json_corrupt_image_fails_naming_it_or_is_skipped(tmp_path: Path):
+    data = make_coco(tmp_path)
+    bad = tmp_path / "images" / "im1.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    loader = train.Trainer(coco_config(tmp_path, data, "fail"), tmp_path / "w").loader("validation", train=False)
+    with pytest.raises(DataError, match=rf"cannot read image {bad}"):
+        list(loader.eval_batches())
+    loader = train.Trainer(coco_config(tmp_path, data, "skip"), tmp_path / "w").loader("validation", train=False)
+    ids = [int(i) for b in loader.eval_batches() for i, v in zip(b["image_id"], b["valid"], strict=True) if v]
+    assert ids == [1, 3, 4] and len(loader.skipped) == 1 and str(bad) in loader.skipped[0]
+
+
+def test_cli_coco_json_error_is_one_clear_line(tmp_path: Path):
+    data = make_coco(tmp_path)
+    data["annotations"][1].pop("bbox")
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    proc = run_main(tmp_path / "w", f"--config.data.train_json={tmp_path}/ann.json",
+                    f"--config.data.train_images={tmp_path}/images", f"--config.data.val_json={tmp_path}/ann.json",
+                    f"--config.data.val_images={tmp_path}/images", spec="configs/coco_json_retinanet.py:smoke")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"[jaxcv] data error: {tmp_path}/ann.json: annotation 2 is missing field(s) ['bbox']" in proc.stderr
+    assert "Traceback" not in proc.stderr
