@@ -20,7 +20,7 @@ import functools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -82,35 +82,53 @@ def _as_batch(image: Any) -> jax.Array:
     return image[None] if image.ndim == 3 else image
 
 
-_LAYERS: dict[tuple[Any, ...], list[tuple[str, tuple[int, ...]]]] = {}
+class _Trace(NamedTuple):
+    layers: list[tuple[str, tuple[int, ...]]]  # (name, shape) in the order the calls finish
+    producers: dict[str, str]  # root output entry (":C5") -> the submodule layer that computed it
 
 
-def list_layers(apply_fn: ApplyFn, variables: Any, image: Any) -> list[tuple[str, tuple[int, ...]]]:
-    """Every layer name with its output shape (batch of one), in the order the calls finish.
+_TRACES: dict[tuple[Any, ...], _Trace] = {}
 
-    Traced abstractly (`jax.eval_shape`), so nothing is computed; remembered per model and input shape.
-    """
+
+def _trace(apply_fn: ApplyFn, variables: Any, image: Any) -> _Trace:
+    """One abstract (`jax.eval_shape`) pass recording every submodule output; remembered per model and
+    input shape. A root output entry is linked to the submodule output that is the same traced value."""
     x = _as_batch(image)[:1]
     cache_key = (apply_fn, x.shape, jax.tree_util.tree_structure(variables))
-    if cache_key in _LAYERS:
-        return list(_LAYERS[cache_key])
-    found: list[tuple[str, tuple[int, ...]]] = []
+    if cache_key in _TRACES:
+        return _TRACES[cache_key]
+    found: list[tuple[str, tuple[int, ...], Any]] = []
+    producers: dict[str, str] = {}
 
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         if context.method_name == "__call__":
             for keys, leaf in _arrays(out):
-                found.append((format_layer((tuple(context.module.path), keys)), tuple(leaf.shape)))
+                found.append((format_layer((tuple(context.module.path), keys)), tuple(leaf.shape), leaf))
         return out
 
     def run(v, x):
         with nn.intercept_methods(record):
-            return apply_fn(v, x, train=False)
+            out = apply_fn(v, x, train=False)
+        for keys, leaf in _arrays(out):
+            same = [n for n, _, value in found if value is leaf and parse_layer(n)[0]]
+            if same:
+                producers[format_layer(((), keys))] = same[0]
+        return out
 
     jax.eval_shape(run, variables, x)
     seen: set[str] = set()
-    _LAYERS[cache_key] = [(n, s) for n, s in found if not (n in seen or seen.add(n))]
-    return list(_LAYERS[cache_key])
+    layers = [(n, s) for n, s, _ in found if not (n in seen or seen.add(n))]
+    _TRACES[cache_key] = _Trace(layers, producers)
+    return _TRACES[cache_key]
+
+
+def list_layers(apply_fn: ApplyFn, variables: Any, image: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """Every layer name with its output shape (batch of one), in the order the calls finish.
+
+    Traced abstractly (`jax.eval_shape`), so nothing is computed.
+    """
+    return list(_trace(apply_fn, variables, image).layers)
 
 
 def resolve_layer(apply_fn: ApplyFn, variables: Any, image: Any, layer: str) -> Layer:
@@ -127,45 +145,33 @@ def resolve_layer(apply_fn: ApplyFn, variables: Any, image: Any, layer: str) -> 
 def _module_layer(apply_fn: ApplyFn, variables: Any, image: Any, layer: Layer) -> Layer:
     """A layer whose value can be replaced inside the model (needed for gradients w.r.t. it).
 
-    An entry of the model's own output dict (e.g. ResNet's `C5`) is mapped to the submodule that
-    computed it, found by value (`C5` is `layer4_1`'s output); `stem` (a max pool, not a module) has
-    no such submodule.
+    An entry of the model's own output dict (e.g. ResNet's `C5`) is mapped to the submodule whose
+    output it is (`C5` is `layer4_1`'s output); `stem` (a max pool, not a module) has none.
     """
-    path, keys = layer
-    if path:
+    if layer[0]:
         return layer
-    x = _as_batch(image)
-    out, state = jax.jit(
-        lambda v, x: apply_fn(v, x, train=False, capture_intermediates=True, mutable=["intermediates"])
-    )(variables, x)
-    target = np.asarray(_select(out, keys))
-    inter = state["intermediates"]
-    for name, shape in list_layers(apply_fn, variables, image):
-        cand_path, cand_keys = parse_layer(name)
-        if not cand_path or shape != target.shape:
-            continue
-        node = inter
-        for p in cand_path:
-            node = node[p]
-        value = np.asarray(_select(node["__call__"][0], cand_keys))
-        if np.array_equal(value, target):
-            return cand_path, cand_keys
-    raise KeyError(
-        f"layer {format_layer(layer)!r} is not the output of a submodule, so it cannot be differentiated "
-        "against; pass a module path (see jaxcv.explain.list_layers)"
-    )
+    producer = _trace(apply_fn, variables, image).producers.get(format_layer(layer))
+    if producer is None:
+        raise KeyError(
+            f"layer {format_layer(layer)!r} is not the output of a submodule, so it cannot be differentiated "
+            "against; pass a module path (see jaxcv.explain.list_layers)"
+        )
+    return parse_layer(producer)
 
 
 def default_layer(apply_fn: ApplyFn, variables: Any, image: Any) -> str:
-    """The last spatial ([1, h, w, C]) submodule output before the prediction: where Grad-CAM looks
-    by default (ResNet: `layer4_<last>`, i.e. C5; small_cnn: the last conv)."""
+    """Where Grad-CAM and filter patterns look by default: the last spatial ([1, h, w, C]) submodule
+    output that is not a prediction, preferring the model's `backbone` when it has one (a detection
+    head's box branch or a decoder may not feed the explained score). ResNet: `layer4_<last>` (C5);
+    small_cnn: its last conv; RetinaNet and ResNet U-Nets: `backbone:C5`."""
     outputs = jax.eval_shape(lambda v, x: apply_fn(v, x, train=False), variables, _as_batch(image))
     final_shapes = {tuple(a.shape) for k, a in _arrays(outputs) if k and k[0] in PREDICTION_KEYS}
     spatial = [n for n, s in list_layers(apply_fn, variables, image)
                if len(s) == 4 and parse_layer(n)[0] and s not in final_shapes]
     if not spatial:
         raise ValueError("the model has no submodule with a spatial [1, h, w, C] output")
-    return spatial[-1]
+    backbone = [n for n in spatial if parse_layer(n)[0][0] == "backbone"]
+    return (backbone or spatial)[-1]
 
 
 def _capture(apply_fn: ApplyFn, variables: Any, x: jax.Array, layer: Layer) -> tuple[Any, jax.Array]:
@@ -220,20 +226,19 @@ def stage_activations(apply_fn: ApplyFn, variables: Any, image: Any) -> dict[str
     `capture_intermediates` (small_cnn: its convs' outputs, before the ReLU).
     """
     x = _as_batch(image)[:1]
-    outputs = jax.jit(lambda v, x: apply_fn(v, x, train=False))(variables, x)
+    outputs, state = jax.jit(
+        lambda v, x: apply_fn(v, x, train=False, mutable=["intermediates"],
+                              capture_intermediates=lambda m, method: method == "__call__" and len(m.path) == 1)
+    )(variables, x)
     stages = {"/".join(k): np.asarray(a[0], np.float32) for k, a in _arrays(outputs)
               if a.ndim == 4 and k[0] not in PREDICTION_KEYS}
     if stages:
         return stages
-    names = [n for n, s in list_layers(apply_fn, variables, x) if len(s) == 4 and len(parse_layer(n)[0]) == 1]
-    _, state = jax.jit(
-        lambda v, x: apply_fn(v, x, train=False, mutable=["intermediates"],
-                              capture_intermediates=lambda m, method: method == "__call__" and len(m.path) == 1)
-    )(variables, x)
     out = {}
-    for n in names:
+    for n, shape in list_layers(apply_fn, variables, x):
         path, keys = parse_layer(n)
-        out[n] = np.asarray(_select(state["intermediates"][path[0]]["__call__"][0], keys)[0], np.float32)
+        if len(shape) == 4 and len(path) == 1:
+            out[n] = np.asarray(_select(state["intermediates"][path[0]]["__call__"][0], keys)[0], np.float32)
     return out
 
 
@@ -461,17 +466,25 @@ def explain(
         cam, c, scores = grad_cam_details(apply_fn, variables, x, layer, class_index)
         names = _class_names(trainer)
         name = names[c] if c < len(names) else str(c)
-        probs = np.exp(scores - scores.max())
-        probs /= probs.sum()
         picture = viz.grid([
-            viz.caption(viz.upscale(viz.to_uint8(x), 192), title),
+            viz.caption(viz.upscale(viz.to_uint8(x), 192), f"{title}\n "),
             viz.caption(viz.heatmap_overlay(viz.upscale(viz.to_uint8(x), 192), cam),
-                        f"Grad-CAM {name} ({probs[c]:.2f}) @ {layer}"),
+                        f"Grad-CAM: {name} ({_score_text(config, scores, c)})\nlayer {layer}"),
         ], cols=2)
     else:
         raise ValueError(f"--what={what!r}; expected activations, filters or gradcam")
     picture.save(out)
     return out
+
+
+def _score_text(config: Any, scores: np.ndarray, c: int) -> str:
+    """The explained class's score as a probability where the task defines one."""
+    if config.task == "classification" and not config.get("multilabel", False):
+        p = np.exp(scores - scores.max())
+        return f"p={p[c] / p.sum():.2f}"
+    if config.task in ("detection", "classification"):  # sigmoid scores (RetinaNet: best anchor)
+        return f"p={1 / (1 + np.exp(-scores[c])):.2f}"
+    return f"score={scores[c]:.2f}"
 
 
 def _class_names(trainer: Any) -> list[str]:
@@ -490,10 +503,22 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not any(a.startswith(("-v", "--v", "--verbosity")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)  # orbax INFO lines would drown the output
+    use_compilation_cache()
     f = flags.FLAGS
     path = explain(f.workdir, f.what, f.out, f.image, f.layer, None if f.channel < 0 else f.channel,
                    None if f.class_index < 0 else f.class_index, f.num, f.steps, f.lr)
     print(f"[jaxcv] wrote {path}", flush=True)
+
+
+def use_compilation_cache() -> None:
+    """The persistent XLA cache that `jaxcv.main` uses, so repeated commands skip compiling."""
+    import os
+
+    import jax
+
+    cache = os.environ.get("JAXCV_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxcv/xla"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _define_flags() -> None:

@@ -40,26 +40,38 @@ def _enlarged(image: np.ndarray) -> tuple[Image.Image, float]:
 
 
 def _legend(image: Image.Image, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> Image.Image:
-    """The image with a strip below listing `entries` (text, colour)."""
-    out = Image.new("RGB", (image.width, image.height + 14), (255, 255, 255))
-    out.paste(image, (0, 0))
-    draw = ImageDraw.Draw(out)
+    """The image with a strip below listing `entries` (text, colour), wrapped to the image's width."""
+    draw = ImageDraw.Draw(image)
+    lines: list[list[tuple[int, str, tuple[int, int, int]]]] = [[]]
     x = 2
     for text, c in entries:
-        draw.text((x, image.height + 1), text, fill=c)
-        x += int(draw.textlength(text)) + 6
+        w = int(draw.textlength(text))
+        if lines[-1] and x + w > image.width:
+            lines.append([])
+            x = 2
+        lines[-1].append((x, text, c))
+        x += w + 6
+    out = Image.new("RGB", (image.width, image.height + 12 * len(lines) + 2), (255, 255, 255))
+    out.paste(image, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        for x, text, c in line:
+            draw.text((x, image.height + 1 + 12 * i), text, fill=c)
     return out
 
 
 def _mask_tile(image: np.ndarray, mask: np.ndarray, names: Sequence[str], title: str = "") -> Image.Image:
-    """A mask overlaid in palette colours, with a legend of the classes present (0 = background)."""
-    im, factor = _enlarged(image)
-    k = int(factor)
-    big_mask = np.repeat(np.repeat(np.asarray(mask), k, 0), k, 1)
-    tile = viz.overlay_mask(np.asarray(im), big_mask)
+    """A class-id mask [h, w] in solid palette colours (0 = background black, 255 = ignore white), the
+    size of the enlarged image, with a legend of the classes present."""
+    size = _enlarged(image)[0].size
+    tile = viz.indexed_mask_png(np.asarray(mask).astype(np.uint8)).convert("RGB").resize(size, Image.NEAREST)
     present = [int(c) for c in np.unique(mask) if 0 < c < 255]
     entries = ([(title, (0, 0, 0))] if title else []) + [(_names(names, c), viz.color(c - 1)) for c in present]
     return _legend(tile, entries)
+
+
+def _image_tile(image: np.ndarray, title: str = "") -> Image.Image:
+    return viz.caption(_enlarged(image)[0], title)
 
 
 def _box_tile(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None,
@@ -76,7 +88,8 @@ def _class_tile(image: np.ndarray, text: str, fill: tuple[int, int, int] = (0, 0
 
 
 def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int) -> list[Image.Image]:
-    """One picture per example of a transformed batch, drawn by what the batch holds."""
+    """Pictures of a transformed batch, drawn by what it holds: one per example (boxes or class names),
+    two for segmentation (image | mask)."""
     tiles = []
     for b in range(min(num, len(batch["image"]))):
         image = batch["image"][b]
@@ -89,7 +102,7 @@ def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int) ->
             boxes = batch["box"][b][None] * s if batch["has_box"][b] else np.zeros((0, 4))
             tiles.append(_box_tile(image, boxes, [int(batch["label"][b])] * len(boxes), None, names, "largest"))
         elif "mask" in batch:
-            tiles.append(_mask_tile(image, batch["mask"][b], names))
+            tiles += [_image_tile(image), _mask_tile(image, batch["mask"][b], names)]
         elif "labels" in batch:  # multi-label, multi-hot
             present = np.flatnonzero(np.asarray(batch["labels"][b]) > 0.5)
             tiles.append(_class_tile(image, ", ".join(_names(names, int(c)) for c in present) or "(none)"))
@@ -100,7 +113,8 @@ def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int) ->
 
 def result_tiles(batch: dict[str, np.ndarray], preds: dict[str, np.ndarray], names: Sequence[str],
                  num: int, score_thresh: float) -> list[Image.Image]:
-    """Ground truth and prediction per valid example of an eval batch (one or two pictures each)."""
+    """Prediction and ground truth per valid example of an eval batch: one captioned picture
+    (classification), truth | prediction (boxes), image | truth | prediction (segmentation)."""
     tiles = []
     for b in np.flatnonzero(np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool)), bool))[:num]:
         image = batch["image"][b]
@@ -118,8 +132,8 @@ def result_tiles(batch: dict[str, np.ndarray], preds: dict[str, np.ndarray], nam
             tiles.append(_box_tile(image, preds["boxes"][b][None] * s, [int(preds["labels"][b])],
                                    [float(preds["scores"][b])], names, "predicted"))
         elif "mask" in batch:
-            tiles.append(_mask_tile(image, batch["mask"][b], names, "truth:"))
-            tiles.append(_mask_tile(image, preds["pred"][b], names, "predicted:"))
+            tiles += [_image_tile(image, "image"), _mask_tile(image, batch["mask"][b], names, "truth:"),
+                      _mask_tile(image, preds["pred"][b], names, "predicted:")]
         elif "labels" in batch:
             probs = 1 / (1 + np.exp(-np.asarray(preds["logits"][b], np.float64)))
             gt = {int(c) for c in np.flatnonzero(np.asarray(batch["labels"][b]) > 0.5)}
@@ -135,6 +149,15 @@ def result_tiles(batch: dict[str, np.ndarray], preds: dict[str, np.ndarray], nam
             text = f"pred: {_names(names, p)} {probs[p]:.2f}\ntrue: {_names(names, t)}"
             tiles.append(_class_tile(image, text, GOOD if p == t else BAD))
     return tiles
+
+
+def _per_example(batch: dict[str, np.ndarray], results: bool) -> int:
+    """How many pictures `batch_tiles` / `result_tiles` draw per example (same branch order)."""
+    if "box_mask" in batch or "has_box" in batch:
+        return 2 if results else 1
+    if "mask" in batch:
+        return 3 if results else 2
+    return 1
 
 
 def _eval_pairs(trainer: Any, state: Any) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -164,9 +187,13 @@ def show(config: ml_collections.ConfigDict, what: str, workdir: str | Path | Non
     tiles: list[Image.Image] = []
     if what == "batch":
         batches = trainer.loader("train", train=True).train_batches(step)
-        while len(tiles) < num:
-            tiles += batch_tiles(next(batches), names, num - len(tiles))
-        cols = min(8, num)
+        shown, per_example = 0, 1
+        while shown < num:
+            batch = next(batches)
+            per_example = _per_example(batch, results=False)
+            new = batch_tiles(batch, names, num - shown)
+            tiles += new
+            shown += len(new) // per_example
     else:
         from jaxcv import checkpoint as ckpt
 
@@ -183,15 +210,15 @@ def show(config: ml_collections.ConfigDict, what: str, workdir: str | Path | Non
         shown = 0
         per_example = 1
         for batch, preds in _eval_pairs(trainer, state):
-            per_example = 2 if any(k in batch for k in ("box_mask", "has_box", "mask")) else 1
+            per_example = _per_example(batch, results=True)
             new = result_tiles(batch, preds, names, num - shown, thresh)
             tiles += new
             shown += len(new) // per_example
             if shown >= num:
                 break
-        cols = min(8, num) if per_example == 1 else 2 * min(4, num)  # truth | prediction pairs
     if not tiles:
         raise ValueError("nothing to show: the split is empty")
+    cols = per_example * min(num, max(1, 8 // per_example))  # an example's pictures stay on one row
     out.parent.mkdir(parents=True, exist_ok=True)
     viz.grid(_same_size(tiles), cols=cols).save(out)
     return out
@@ -220,6 +247,9 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not any(a.startswith(("-v", "--v", "--verbosity")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)  # orbax INFO lines would drown the output
+    from jaxcv.explain import use_compilation_cache
+
+    use_compilation_cache()
     f = flags.FLAGS
     path = show(f.config, f.what, f.workdir, f.out, f.num, f.step)
     print(f"[jaxcv] wrote {path}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,8 +102,21 @@ def detection_gallery(
         grid(tiles).save(path)
 
 
+TRAIN_SKIP = ("step", "split", "steps_per_s", "grad_norm", "skipped_inputs", "skipped_updates", "finite")
+
+
+def _is_score(name: str) -> bool:
+    """Training metrics that are [0, 1] scores (accuracy, pixel_acc, iou) rather than losses."""
+    n = name.lower()
+    return ("acc" in n or "iou" in n) and "loss" not in n
+
+
 def plot_training_curves(workdir: str | Path, path: str | Path) -> None:
-    """Train loss terms and eval metrics over steps, from `workdir/metrics.jsonl`, as one PNG."""
+    """Curves from `workdir/metrics.jsonl` as one PNG: training losses (log scale when they span more
+    than a decade), training scores (accuracy, IoU; 0..1 axis) and evaluation metrics over steps
+    (0..1 axis when they are scores, so one eval point is not blown up into a zoomed-in range; the
+    last value is in the legend). Eval metrics that are -1 (COCO: no object of that size) are left out.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,22 +127,61 @@ def plot_training_curves(workdir: str | Path, path: str | Path) -> None:
     records = read_metrics(workdir)
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "eval"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    skip = {"step", "split", "steps_per_s", "grad_norm", "skipped_inputs"}
-    for key in sorted({k for r in train for k in r} - skip):
-        pts = [(r["step"], r[key]) for r in train if key in r]
-        axes[0].plot(*zip(*pts, strict=True), label=key)
-    axes[0].set_xlabel("step")
-    axes[0].set_title("training")
-    axes[0].legend()
-    for key in sorted({k for r in evals for k in r} - skip)[:8]:
-        pts = [(r["step"], r[key]) for r in evals if isinstance(r.get(key), float)]
-        if pts:
-            axes[1].plot(*zip(*pts, strict=True), marker="o", label=key)
-    axes[1].set_xlabel("step")
-    axes[1].set_title("evaluation")
-    if evals:
-        axes[1].legend()
+
+    def keys(rs: list[dict]) -> list[str]:
+        seen: dict[str, None] = {}
+        for r in rs:
+            for k, v in r.items():
+                if k not in TRAIN_SKIP and isinstance(v, (int, float)):
+                    seen.setdefault(k)
+        return list(seen)
+
+    def series(rs: list[dict], key: str) -> tuple[list[float], list[float]]:
+        pts = [(r["step"], float(r[key])) for r in rs
+               if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and r[key] != -1]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    losses = [k for k in keys(train) if not _is_score(k)]
+    scores = [k for k in keys(train) if _is_score(k)]
+    panels = ["losses"] + (["scores"] if scores else []) + ["eval"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    axes = dict(zip(panels, axes[0], strict=True))
+    ax = axes["losses"]
+    values = []
+    for k in losses:
+        x, y = series(train, k)
+        if x:
+            ax.plot(x, y, label=k)
+            values += y
+    positive = [v for v in values if v > 0]
+    if positive and len(positive) == len(values) and max(positive) / min(positive) > 10:
+        ax.set_yscale("log")
+    ax.set_title("training loss")
+    if "scores" in axes:
+        for k in scores:
+            x, y = series(train, k)
+            if x:
+                axes["scores"].plot(x, y, label=k)
+        axes["scores"].set_ylim(-0.02, 1.02)
+        axes["scores"].set_title("training scores (batch means)")
+    ax = axes["eval"]
+    in_unit = True
+    for k in keys(evals)[:8]:
+        x, y = series(evals, k)
+        if x:
+            ax.plot(x, y, marker="o", label=f"{k} ({y[-1]:.4g})")
+            in_unit &= all(0 <= v <= 1 for v in y)
+    if in_unit:
+        ax.set_ylim(-0.02, 1.02)
+    ax.set_title("evaluation" if evals else "evaluation (none logged)")
+    all_steps = [r["step"] for r in records if "step" in r]
+    for ax in axes.values():
+        ax.set_xlabel("step")
+        if all_steps:
+            ax.set_xlim(0, max(all_steps) * 1.03 + 1)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -42,7 +42,7 @@ def quadrant_batch(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.nda
 def quadrant_model():
     """small_cnn trained for 50 Adam steps on the quadrant task (reaches ~100% accuracy)."""
     model = create_model("small_cnn", num_classes=2, widths=(8, 16), hidden=16, dropout_rate=0.0)
-    params = model.init(jax.random.key(0), jnp.zeros((1, S, S, 3)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, S, S, 3)))["params"]
     tx = optax.adam(3e-3)
     opt = tx.init(params)
 
@@ -62,7 +62,7 @@ def quadrant_model():
         params, opt, loss = step(params, opt, x, y)
     variables = {"params": params}
     x, y, centres = quadrant_batch(np.random.default_rng(1), 48)
-    acc = float((model.apply(variables, x)["logits"].argmax(-1) == y).mean())
+    acc = float((jax.jit(model.apply)(variables, x)["logits"].argmax(-1) == y).mean())
     assert acc > 0.9, f"the quadrant model did not learn (accuracy {acc})"
     return model, variables, (x, y, centres)
 
@@ -109,7 +109,7 @@ def test_filter_pattern_increases_the_activation(quadrant_model):
 
 def test_stage_activations_resnet_and_output_keys_as_layers():
     model = create_model("resnet18", num_classes=3)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     image = np.random.default_rng(0).normal(size=(64, 64, 3)).astype(np.float32)
     stages = explain.stage_activations(model.apply, variables, image)
     expected = {"stem": (16, 16, 64), "C2": (16, 16, 64), "C3": (8, 8, 128), "C4": (4, 4, 256), "C5": (2, 2, 512)}
@@ -128,7 +128,7 @@ def test_stage_activations_resnet_and_output_keys_as_layers():
 
 def test_small_cnn_stages_come_from_its_convs():
     model = create_model("small_cnn", num_classes=4, widths=(8, 16))
-    variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+    variables = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
     image = np.random.default_rng(1).normal(size=(32, 32, 3)).astype(np.float32)
     stages = explain.stage_activations(model.apply, variables, image)
     assert {k: v.shape for k, v in stages.items()} == {
@@ -158,8 +158,12 @@ def test_gallery_tiles_draw_what_the_batch_holds():
     mask = np.zeros((2, 32, 32), np.int32)
     mask[:, 8:16, 8:16] = 2
     seg_tiles = show.batch_tiles({"image": image, "mask": mask}, ["background", "x", "y"], 1)
-    seg = np.asarray(seg_tiles[0])
-    assert len(seg_tiles) == 1 and not np.array_equal(seg[12 * factor, 12 * factor], seg[2, 2])
+    assert len(seg_tiles) == 2  # image | mask
+    seg = np.asarray(seg_tiles[1])
+    assert tuple(seg[12 * factor, 12 * factor]) == show.viz.color(1) and tuple(seg[2, 2]) == (0, 0, 0)
+    seg_preds = {"pred": np.zeros((2, 32, 32), np.int32)}
+    seg_batch = {"image": image, "mask": mask, "valid": np.array([True, False])}
+    assert len(show.result_tiles(seg_batch, seg_preds, ["background", "x", "y"], 16, 0.5)) == 3
     logits = rng.normal(size=(2, 3)).astype(np.float32)
     cls = {"image": image, "label": np.array([0, 2], np.int32), "valid": np.array([True, True])}
     res = show.result_tiles(cls, {"logits": logits}, ["a", "b", "c"], 16, 0.5)
@@ -215,3 +219,33 @@ def test_show_and_explain_on_a_trained_workdir(smoke_workdir: Path, tmp_path: Pa
         assert "[jaxcv] wrote" in out, out
     assert _png(tmp_path / "cli_show.png").width >= 8 * 128
     assert _png(tmp_path / "cli_explain.png").height > 6 * 48  # input + 4 conv stages
+
+
+def test_training_curves_separate_losses_scores_and_eval(tmp_path: Path, monkeypatch):
+    import json
+
+    import matplotlib.figure
+
+    from jaxcv import viz
+
+    records = [{"step": s, "split": "train", "loss": 5.0 / s, "box_loss": 1.0 / s, "pixel_acc": 1 - 1 / s,
+                "grad_norm": 3.0, "steps_per_s": 9.0} for s in range(1, 101, 10)]
+    records += [{"step": 100, "split": "eval", "AP": 0.5, "APl": -1.0, "mIoU": float("nan")},
+                {"step": 1, "split": "compile", "first_step_s": 3.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    figures = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        figures.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    viz.plot_training_curves(tmp_path, tmp_path / "curves.png")
+    _png(tmp_path / "curves.png")
+    losses, scores, evals = figures[0].axes
+    assert sorted(line.get_label() for line in losses.lines) == ["box_loss", "loss"]  # not grad_norm
+    assert losses.get_yscale() == "log"  # 0.05 .. 5 spans two decades
+    assert [line.get_label() for line in scores.lines] == ["pixel_acc"] and scores.get_ylim()[1] <= 1.05
+    assert [line.get_label() for line in evals.lines] == ["AP (0.5)"]  # -1 (absent) and NaN left out
+    assert evals.get_ylim() == pytest.approx((-0.02, 1.02))  # a single point is not zoomed into
