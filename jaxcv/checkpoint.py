@@ -90,7 +90,8 @@ def _stored_shapes(step_dir: Path) -> dict[str, tuple[int, ...]]:
         tree = handler.metadata(Path(step_dir).absolute() / "default")
     finally:
         handler.close()
-    return {_key_str(p): tuple(getattr(m, "shape", ())) for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_key_str(p): tuple(getattr(m, "shape", ())) for p, m in leaves}
 
 
 def _check_compatible(step_dir: Path, abstract_state: Any) -> None:
@@ -99,7 +100,8 @@ def _check_compatible(step_dir: Path, abstract_state: Any) -> None:
     stored = _stored_shapes(step_dir)
     wanted = {_key_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
     problems = []
-    for k in sorted(set(wanted) | set(stored), key=lambda k: (not k.startswith("params/"), k)):  # params first
+    params_first = lambda k: (not k.startswith("params/"), k)
+    for k in sorted(set(wanted) | set(stored), key=params_first):
         if k not in stored:
             problems.append(f"{k}: missing in the checkpoint")
         elif k not in wanted:
@@ -108,7 +110,8 @@ def _check_compatible(step_dir: Path, abstract_state: Any) -> None:
             problems.append(f"{k}: {stored[k]} in the checkpoint vs {wanted[k]}")
     if problems:
         raise IncompatibleCheckpointError(
-            f"checkpoint {step_dir} was written by another model or optimizer ({len(problems)} difference(s), "
+            f"checkpoint {step_dir} was written by another model or optimizer ({len(problems)} "
+            f"difference(s), "
             f"e.g. {'; '.join(problems[:3])}). Use a new --workdir, or move {Path(step_dir).parent} away."
         )
 
@@ -189,7 +192,8 @@ class Checkpoints:
                 bad = verify_digest(step_dir, state)
                 if bad:
                     raise CorruptCheckpointError(
-                        f"{len(bad)} array(s) differ from their checksums at save time, e.g. {', '.join(bad[:3])}"
+                        f"{len(bad)} array(s) differ from their checksums at save time, "
+                        f"e.g. {', '.join(bad[:3])}"
                     )
             except IncompatibleCheckpointError:
                 raise
@@ -246,7 +250,7 @@ def load_variables(path: str | Path) -> dict[str, Any]:
                     tree = mgr.restore(step, args=ocp.args.StandardRestore())
                     bad = verify_digest(d / str(step), tree)
                     if bad:
-                        raise CorruptCheckpointError(f"arrays differ from their checksums: {', '.join(bad[:3])}")
+                        raise CorruptCheckpointError(f"arrays differ from their checksums: {bad[:3]}")
                 except Exception as e:  # noqa: BLE001 - fall back to an older checkpoint
                     print(f"[jaxcv] warning: checkpoint {d / str(step)} is corrupt ({type(e).__name__}); "
                           "trying an older one", flush=True)

@@ -238,7 +238,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if ck.get("best_mode", "max") not in ("max", "min"):
         _fail("checkpoint.best_mode", ck.best_mode, "must be 'max' or 'min'")
     freeze = config.get("freeze", ()) or ()
-    if isinstance(freeze, str) or not isinstance(freeze, (tuple, list)) or not all(isinstance(f, str) for f in freeze):
+    if not isinstance(freeze, (tuple, list)) or not all(isinstance(f, str) for f in freeze):
         _fail("freeze", freeze, "must be a sequence of parameter-path prefixes, e.g. ('backbone',)")
     for prefix, factor in (config.get("lr_multipliers") or {}).items():
         if not _number(factor) or factor < 0:

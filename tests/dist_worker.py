@@ -64,9 +64,15 @@ def run(spec: str, steps: int, out: str | Path, overrides: list[str]) -> dict:
             losses.append(float(metrics["loss"]))
         params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), state.params)
         np.savez(out, **traverse_util.flatten_dict(params, sep="/"))
-        return {"devices": jax.device_count(), "processes": jax.process_count(),
-                "process_index": jax.process_index(), "local_batch": loader.local_batch_size,
-                "losses": losses, "indices": indices, "how": how}
+        return {
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "process_index": jax.process_index(),
+            "local_batch": loader.local_batch_size,
+            "losses": losses,
+            "indices": indices,
+            "how": how,
+        }
 
 
 def main() -> None:

@@ -36,7 +36,9 @@ def env() -> dict[str, str]:
 
 
 def start(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env())
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env()
+    )
 
 
 def finish_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
@@ -62,13 +64,24 @@ def finish_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]
         p.wait()
         r.join(10)
     if any(p.returncode != 0 for p in procs):
-        pytest.fail("\n\n".join(f"process {i} rc={p.returncode}:\n{outputs[i][-4000:]}" for i, p in enumerate(procs)))
+        pytest.fail(
+            "\n\n".join(f"process {i} rc={p.returncode}:\n{outputs[i][-4000:]}" for i, p in enumerate(procs))
+        )
     return outputs
 
 
 def worker(out: Path, num_processes: int, process_id: int, port: int, steps: int = 3) -> list[str]:
-    return [sys.executable, str(ROOT / "tests" / "dist_worker.py"), SMOKE, str(steps), str(out),
-            str(num_processes), str(process_id), str(port), "batch_size=8"]
+    return [
+        sys.executable,
+        str(ROOT / "tests" / "dist_worker.py"),
+        SMOKE,
+        str(steps),
+        str(out),
+        str(num_processes),
+        str(process_id),
+        str(port),
+        "batch_size=8",
+    ]
 
 
 def single_process_reference(out: Path, steps: int = 3) -> dict:
@@ -112,9 +125,19 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path: Path):
     (an all-gather of the flag every step), save one checkpoint together and exit 0."""
     port = free_port()
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jaxcv.main", f"--config={SMOKE}", f"--workdir={workdir}",
-           f"--coordinator=127.0.0.1:{port}", "--num_processes=2", "--config.num_train_steps=200",
-           "--config.log_every=1", "--config.checkpoint_every=1000", "--config.batch_size=8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxcv.main",
+        f"--config={SMOKE}",
+        f"--workdir={workdir}",
+        f"--coordinator=127.0.0.1:{port}",
+        "--num_processes=2",
+        "--config.num_train_steps=200",
+        "--config.log_every=1",
+        "--config.checkpoint_every=1000",
+        "--config.batch_size=8",
+    ]
     procs = [start([*cmd, f"--process_id={i}"]) for i in range(2)]
     lines: list[str] = []
 

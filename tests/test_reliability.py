@@ -121,7 +121,9 @@ def main_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_main(workdir: Path, *flags: str, spec: str = SMOKE, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+def run_main(
+    workdir: Path, *flags: str, spec: str = SMOKE, timeout: int = 300, **env
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "jaxcv.main", f"--config={spec}", f"--workdir={workdir}", *flags]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=main_env(**env), timeout=timeout)
 
@@ -131,8 +133,9 @@ class Live:
 
     def __init__(self, workdir: Path, *flags: str):
         cmd = [sys.executable, "-m", "jaxcv.main", f"--config={SMOKE}", f"--workdir={workdir}", *flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                     env=main_env())
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=main_env()
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -169,8 +172,12 @@ class Live:
 # ----------------------------------------------------------------------------------------------------
 
 STEPS, EVERY = 40, 10  # subprocess runs: 40 steps, a periodic checkpoint every 10
-RUN_FLAGS = (f"--config.num_train_steps={STEPS}", "--config.log_every=1", f"--config.checkpoint_every={EVERY}",
-             "--config.checkpoint.keep=5")
+RUN_FLAGS = (
+    f"--config.num_train_steps={STEPS}",
+    "--config.log_every=1",
+    f"--config.checkpoint_every={EVERY}",
+    "--config.checkpoint.keep=5",
+)
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +185,13 @@ def uninterrupted(tmp_path_factory) -> dict[str, np.ndarray]:
     """Final params of a run that nothing interrupts, with the config the CLI runs get from RUN_FLAGS
     (run in this process: the same program on the same CPU gives the same bits)."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    c = config("synthetic_classification", num_train_steps=STEPS, log_every=1, checkpoint_every=EVERY,
-               checkpoint__keep=5)
+    c = config(
+        "synthetic_classification",
+        num_train_steps=STEPS,
+        log_every=1,
+        checkpoint_every=EVERY,
+        checkpoint__keep=5,
+    )
     assert train.train_and_evaluate(c, workdir)
     assert saved_steps(workdir)[-1] == STEPS
     return params_at(workdir, STEPS)
@@ -242,7 +254,9 @@ def test_preempted_by_sigterm_sigint_and_kill9_resumes_bit_identical(tmp_path: P
 
     proc = run_main(tmp_path, *RUN_FLAGS)  # finishes
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert f"resumed from {tmp_path}/checkpoints/{durable}; step {durable} of {STEPS}" in proc.stdout, proc.stdout
+    assert f"resumed from {tmp_path}/checkpoints/{durable}; step {durable} of {STEPS}" in proc.stdout, (
+        proc.stdout
+    )
     assert "final eval" in proc.stdout
     assert_identical(params_at(tmp_path, STEPS), uninterrupted)
 
@@ -262,7 +276,9 @@ def inproc_reference(tmp_path_factory) -> Path:
     return workdir
 
 
-@pytest.mark.parametrize("sig,at_step", [(signal.SIGTERM, 2), (signal.SIGINT, 6)], ids=["SIGTERM@2", "SIGINT@final"])
+@pytest.mark.parametrize(
+    "sig,at_step", [(signal.SIGTERM, 2), (signal.SIGINT, 6)], ids=["SIGTERM@2", "SIGINT@final"]
+)
 def test_signal_during_checkpoint_write(tmp_path: Path, monkeypatch, capsys, inproc_reference, sig, at_step):
     original = ocp.StandardCheckpointHandler.async_save
     fired: list[str] = []
@@ -324,7 +340,9 @@ def empty_files(step_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("corrupt", [truncate, bitflip, garble_metadata, empty_files])
-def test_corrupt_latest_falls_back_to_previous_and_ends_identical(tmp_path: Path, capsys, inproc_reference, corrupt):
+def test_corrupt_latest_falls_back_to_previous_and_ends_identical(
+    tmp_path: Path, capsys, inproc_reference, corrupt
+):
     workdir = tmp_path / "run"
     shutil.copytree(inproc_reference, workdir)
     corrupt(workdir / "checkpoints" / "6")
@@ -374,7 +392,9 @@ def test_checkpoint_of_another_model_is_an_error_not_corruption(tmp_path: Path, 
     shutil.copytree(inproc_reference, workdir)
     other = config("synthetic_classification", data__num_classes=5, **INPROC)  # a 5-way head
     trainer = train.Trainer(other, workdir)
-    with pytest.raises(ckpt.IncompatibleCheckpointError, match=r"params/head/\w+: \(\d+, 4\) in the checkpoint vs"):
+    with pytest.raises(
+        ckpt.IncompatibleCheckpointError, match=r"params/head/\w+: \(\d+, 4\) in the checkpoint vs"
+    ):
         trainer.initial_state(ckpt.Checkpoints(workdir))
     assert saved_steps(workdir) == [2, 4, 6] and not (workdir / "checkpoints_corrupt").exists()
 
@@ -399,7 +419,9 @@ def _png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
-def make_image_folder(root: Path, classes=("a", "b"), per_class: int = 2, size: int = 40, seed: int = 0) -> None:
+def make_image_folder(
+    root: Path, classes=("a", "b"), per_class: int = 2, size: int = 40, seed: int = 0
+) -> None:
     rng = np.random.default_rng(seed)
     for c in classes:
         for i in range(per_class):
@@ -460,7 +482,9 @@ def test_corrupt_images_in_image_folder_fail_naming_the_file_or_are_skipped(tmp_
     truncated, garbage = add_bad_images(tmp_path / "train")
     c = folder_config(tmp_path / "train", tmp_path / "val", "fail")
     loader = train.Trainer(c, tmp_path / "w").loader("train", train=True)
-    assert len(loader) == 6 and loader.global_batch_size == 6  # one batch = the whole split, bad files included
+    assert (
+        len(loader) == 6 and loader.global_batch_size == 6
+    )  # one batch = the whole split, bad files included
     with pytest.raises(DataError, match=r"cannot read image .*(truncated\.png|garbage\.jpg)"):
         epoch(loader, 1)
 
@@ -479,8 +503,9 @@ def test_corrupt_images_in_image_folder_fail_naming_the_file_or_are_skipped(tmp_
     loader = train.Trainer(c, tmp_path / "w").loader("validation", train=False)
     (batch,) = list(loader.eval_batches())
     files = [str(f) for f in loader.source.files]
-    assert batch["valid"].tolist() == [f not in (str(val_truncated), str(tmp_path / "val/b/garbage.jpg"))
-                                       for f in files]
+    assert batch["valid"].tolist() == [
+        f not in (str(val_truncated), str(tmp_path / "val/b/garbage.jpg")) for f in files
+    ]
     assert len(loader.skipped) == 2
 
 
@@ -502,7 +527,9 @@ def test_cli_bad_image_message_and_skip_count_in_logs(tmp_path: Path):
     spec.write_text(FOLDER_CONFIG.format(train=str(tmp_path / "train"), val=str(tmp_path / "val")))
     fail = run_main(tmp_path / "fail", spec=f"{spec}:fail")
     assert fail.returncode == 1, fail.stdout + fail.stderr
-    assert re.search(rf"\[jaxcv\] data error: cannot read image ({truncated}|{garbage}): ", fail.stderr), fail.stderr
+    assert re.search(rf"\[jaxcv\] data error: cannot read image ({truncated}|{garbage}): ", fail.stderr), (
+        fail.stderr
+    )
     assert "Traceback" not in fail.stderr
 
     c = folder_config(tmp_path / "train", tmp_path / "val", "skip")
@@ -546,8 +573,9 @@ def test_masks_with_unknown_values_or_other_size(tmp_path: Path):
     loader = train.Trainer(mask_config(tmp_path / "data", "fail"), tmp_path / "w").loader("train", train=True)
     with pytest.raises(DataError) as e:
         epoch(loader, 1)
-    assert (f"mask {unknown}: value 7 is not a class id" in str(e.value)
-            or f"mask {small} is 30x30 but image" in str(e.value)), str(e.value)
+    assert f"mask {unknown}: value 7 is not a class id" in str(
+        e.value
+    ) or f"mask {small} is 30x30 but image" in str(e.value), str(e.value)
 
     loader = train.Trainer(mask_config(tmp_path / "data", "skip"), tmp_path / "w").loader("train", train=True)
     (batch,) = epoch(loader, 1)
@@ -558,7 +586,9 @@ def test_masks_with_unknown_values_or_other_size(tmp_path: Path):
     assert set(np.unique(batch["mask"])) <= {0, 1, 2, IGNORE_INDEX}
 
     # data.mask_mismatch="resize" accepts the other size; the unknown value is still skipped
-    loader = train.Trainer(mask_config(tmp_path / "data", "skip", "resize"), tmp_path / "w").loader("train", True)
+    loader = train.Trainer(mask_config(tmp_path / "data", "skip", "resize"), tmp_path / "w").loader(
+        "train", True
+    )
     epoch(loader, 1)
     assert len(loader.skipped) == 1 and "value 7" in loader.skipped[0]
 
@@ -577,11 +607,19 @@ def test_empty_split_fails_before_compiling(tmp_path: Path):
 
 @pytest.mark.slow
 def test_cli_nonfinite_loss_message_and_last_good_checkpoint(tmp_path: Path):
-    proc = run_main(tmp_path, "--config.num_train_steps=6", "--config.checkpoint_every=1", "--config.log_every=1",
-                    "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e30",
-                    "--config.checkpoint.keep=10")
+    proc = run_main(
+        tmp_path,
+        "--config.num_train_steps=6",
+        "--config.checkpoint_every=1",
+        "--config.log_every=1",
+        "--config.optimizer.name=sgd",
+        "--config.optimizer.learning_rate=1e30",
+        "--config.checkpoint.keep=10",
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    m = re.search(r"\[jaxcv\] NonFiniteLossError: non-finite loss or gradient at step (\d+): .*loss=nan", proc.stderr)
+    m = re.search(
+        r"\[jaxcv\] NonFiniteLossError: non-finite loss or gradient at step (\d+): .*loss=nan", proc.stderr
+    )
     assert m, proc.stderr
     assert "Traceback" not in proc.stderr
     bad = int(m.group(1))
@@ -609,13 +647,23 @@ BAD_CONFIGS = [
     ("shapes_unet", {"data__num_classes": 9}, r"data\.num_classes=9 but dataset 'shapes_segmentation' has 4"),
     ("synthetic_classification", {"freeze": ("backbonee",)}, r"prefix 'backbonee' matches no parameter path"),
     ("synthetic_classification", {"lr_multipliers": {"hiddn": 0.1}}, r"prefix 'hiddn' matches no parameter"),
-    ("synthetic_classification", {"init_from": "/nonexistent/run"}, r"init_from='/nonexistent/run' does not exist"),
+    (
+        "synthetic_classification",
+        {"init_from": "/nonexistent/run"},
+        r"init_from='/nonexistent/run' does not exist",
+    ),
     ("shapes_retinanet", {"loss__box_loss": "iou"}, r"loss\.box_loss='iou'.*known: l1, smooth_l1, giou"),
-    ("shapes_retinanet", {"data__image_size": 100}, r"data\.image_size=100 must be divisible by the largest stride"),
+    (
+        "shapes_retinanet",
+        {"data__image_size": 100},
+        r"data\.image_size=100 must be divisible by the largest stride",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name,overrides,message", BAD_CONFIGS, ids=[next(iter(o)) for _, o, _ in BAD_CONFIGS])
+@pytest.mark.parametrize(
+    "name,overrides,message", BAD_CONFIGS, ids=[next(iter(o)) for _, o, _ in BAD_CONFIGS]
+)
 def test_bad_config_fails_before_compiling(tmp_path: Path, name, overrides, message):
     c = config(name, None, **overrides)
     with _WATCH as watch, pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -626,7 +674,9 @@ def test_bad_config_fails_before_compiling(tmp_path: Path, name, overrides, mess
 
 def test_batch_size_not_divisible_by_devices(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 4)
-    with pytest.raises(ValueError, match=r"config\.batch_size=6: must be divisible by the number of devices \(4\)"):
+    with pytest.raises(
+        ValueError, match=r"config\.batch_size=6: must be divisible by the number of devices \(4\)"
+    ):
         train.Trainer(config("synthetic_classification", batch_size=6), tmp_path)
     with pytest.raises(ValueError, match=r"config\.eval_batch_size=10: must be divisible"):
         train.Trainer(config("synthetic_classification", batch_size=8, eval_batch_size=10), tmp_path)
@@ -635,12 +685,20 @@ def test_batch_size_not_divisible_by_devices(tmp_path: Path, monkeypatch):
 @pytest.mark.parametrize(
     "flag,devices,message",
     [
-        ("--config.batch_sizee=8", 1, r"config error in --config\.batch_sizee: unknown key 'batch_sizee'\n"
-                                      r"Did you mean \"batch_size\""),
+        (
+            "--config.batch_sizee=8",
+            1,
+            r"config error in --config\.batch_sizee: unknown key 'batch_sizee'\n"
+            r"Did you mean \"batch_size\"",
+        ),
         ("--config.optimizer.nmae=sgd", 1, r"unknown key 'nmae'"),
         ("--config.batch_size=abc", 1, r"flag --config\.batch_size=abc: invalid literal for int"),
         ("--config.freeze=3", 1, r"config\.freeze=\(3,\): must be a sequence of parameter-path prefixes"),
-        ("--config.batch_size=3", 2, r"config\.batch_size=3: must be divisible by the number of devices \(2\)"),
+        (
+            "--config.batch_size=3",
+            2,
+            r"config\.batch_size=3: must be divisible by the number of devices \(2\)",
+        ),
     ],
     ids=["unknown_key", "unknown_nested_key", "wrong_type", "wrong_type_tuple", "indivisible_batch"],
 )
@@ -669,21 +727,38 @@ def unsafe_calls(source: str) -> list[str]:
             found.append(f"from {node.module} import")
         elif isinstance(node, ast.Call):
             f = node.func
-            name = f"{getattr(f.value, 'id', '?')}.{f.attr}" if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            name = (
+                f"{getattr(f.value, 'id', '?')}.{f.attr}"
+                if isinstance(f, ast.Attribute)
+                else getattr(f, "id", "")
+            )
             if name == "torch.load" or name.endswith("pickle.load") or name.endswith("pickle.loads"):
                 found.append(name)
             for kw in node.keywords:
-                if kw.arg == "allow_pickle" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                if kw.arg == "allow_pickle" and not (
+                    isinstance(kw.value, ast.Constant) and kw.value.value is False
+                ):
                     found.append(f"{name}(allow_pickle=...)")
-        elif isinstance(node, ast.Attribute) and node.attr == "load" and getattr(node.value, "id", "") == "torch":
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr == "load"
+            and getattr(node.value, "id", "") == "torch"
+        ):
             found.append("torch.load")
     return sorted(set(found))
 
 
 def test_unsafe_call_finder_finds_them():
-    bad = ("import pickle\nfrom dill import loads\nimport numpy as np, torch\n"
-           "np.load(p, allow_pickle=True)\nx = torch.load(f)\nload = torch.load\n")
-    assert unsafe_calls(bad) == ["from dill import", "import pickle", "np.load(allow_pickle=...)", "torch.load"]
+    bad = (
+        "import pickle\nfrom dill import loads\nimport numpy as np, torch\n"
+        "np.load(p, allow_pickle=True)\nx = torch.load(f)\nload = torch.load\n"
+    )
+    assert unsafe_calls(bad) == [
+        "from dill import",
+        "import pickle",
+        "np.load(allow_pickle=...)",
+        "torch.load",
+    ]
     assert unsafe_calls("import numpy as np\nnp.load(p)\nnp.load(p, allow_pickle=False)\n") == []
 
 
@@ -728,13 +803,15 @@ def test_images_without_boxes_train_as_all_background(tmp_path: Path):
     assert batch["box_mask"].shape == (8, c.data.max_boxes) and not batch["box_mask"].any()
     state, _ = trainer.initial_state(ckpt.Checkpoints(tmp_path))
     before = jax.device_get(state.params)
-    state, metrics = trainer.p_train_step(state, train._to_global(batch, trainer.task.device_keys,
-                                                                    trainer.data_sharding))
+    state, metrics = trainer.p_train_step(
+        state, train._to_global(batch, trainer.task.device_keys, trainer.data_sharding)
+    )
     m = jax.device_get(metrics)
     assert m["finite"] == 1 and np.isfinite(m["loss"]) and m["loss"] > 0, m  # background is still learned
     assert m["box_loss"] == 0, m
-    changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, np.asarray(b)), before,
-                                     jax.device_get(state.params))
+    changed = jax.tree_util.tree_map(
+        lambda a, b: not np.array_equal(a, np.asarray(b)), before, jax.device_get(state.params)
+    )
     assert any(jax.tree_util.tree_leaves(changed))
 
 
@@ -758,14 +835,23 @@ def test_degenerate_boxes_are_dropped_or_clipped(tmp_path: Path):
     from jaxcv.data.loader import Loader
 
     nan = float("nan")
-    boxes = np.array([[10, 10, 30, 30],  # fine
-                      [30, 10, 20, 40],  # x2 < x1
-                      [15, 15, 15, 25],  # x2 == x1
-                      [70, 70, 90, 90],  # outside the 64 x 64 image
-                      [nan, 5, 20, 20],  # NaN
-                      [-10, -10, 20, 20]], np.float32)  # partly outside: clipped
-    item = {"image": np.zeros((64, 64, 3), np.uint8), "boxes": boxes, "labels": np.array([0, 1, 2, 0, 1, 2]),
-            "image_id": 7}
+    boxes = np.array(
+        [
+            [10, 10, 30, 30],  # fine
+            [30, 10, 20, 40],  # x2 < x1
+            [15, 15, 15, 25],  # x2 == x1
+            [70, 70, 90, 90],  # outside the 64 x 64 image
+            [nan, 5, 20, 20],  # NaN
+            [-10, -10, 20, 20],
+        ],
+        np.float32,
+    )  # partly outside: clipped
+    item = {
+        "image": np.zeros((64, 64, 3), np.uint8),
+        "boxes": boxes,
+        "labels": np.array([0, 1, 2, 0, 1, 2]),
+        "image_id": 7,
+    }
     for train_mode in (False, True):
         transform = make_detection_transform(64, 8, train_mode, hflip=False)
         batch = next(Loader(ListSource([item]), transform, global_batch_size=1).train_batches(0))
@@ -788,24 +874,47 @@ def make_coco(root: Path) -> dict:
         _png(root / "images" / f"im{i}.png", rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
         images.append({"id": i + 1, "file_name": f"im{i}.png", "height": 48, "width": 64})
         if i < 3:
-            anns.append({"id": i + 1, "image_id": i + 1, "category_id": (3, 7)[i % 2], "bbox": [4, 4, 20, 16],
-                         "area": 320, "iscrowd": 0})
-    return {"images": images, "annotations": anns,
-            "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
+            anns.append(
+                {
+                    "id": i + 1,
+                    "image_id": i + 1,
+                    "category_id": (3, 7)[i % 2],
+                    "bbox": [4, 4, 20, 16],
+                    "area": 320,
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+    }
 
 
 def coco_config(root: Path, data: dict, bad_input: str = "fail"):
     (root / "ann.json").write_text(json.dumps(data))  # NaN is written as the NaN literal Python reads back
-    return config("coco_json_retinanet", data__train_json=str(root / "ann.json"),
-                  data__train_images=str(root / "images"), data__val_json=str(root / "ann.json"),
-                  data__val_images=str(root / "images"), data__bad_input=bad_input, data__num_threads=2)
+    return config(
+        "coco_json_retinanet",
+        data__train_json=str(root / "ann.json"),
+        data__train_images=str(root / "images"),
+        data__val_json=str(root / "ann.json"),
+        data__val_images=str(root / "images"),
+        data__bad_input=bad_input,
+        data__num_threads=2,
+    )
 
 
 BAD_ANNOTATIONS = {
-    "nan_box": (lambda a: a.update(bbox=[float("nan"), 4, 10, 10]), r"bbox \[nan, 4, 10, 10\] is not 4 finite"),
+    "nan_box": (
+        lambda a: a.update(bbox=[float("nan"), 4, 10, 10]),
+        r"bbox \[nan, 4, 10, 10\] is not 4 finite",
+    ),
     "x2_le_x1": (lambda a: a.update(bbox=[30, 4, -5, 10]), r"bbox \[30, 4, -5, 10\] has no area"),
     "zero_width": (lambda a: a.update(bbox=[30, 4, 0, 10]), r"has no area"),
-    "outside": (lambda a: a.update(bbox=[50, 30, 40, 40]), r"bbox \[50, 30, 40, 40\] lies outside its 64x48 image"),
+    "outside": (
+        lambda a: a.update(bbox=[50, 30, 40, 40]),
+        r"bbox \[50, 30, 40, 40\] lies outside its 64x48 image",
+    ),
     "unknown_category": (lambda a: a.update(category_id=99), r"unknown category_id 99; categories: \[3, 7\]"),
     "unknown_image": (lambda a: a.update(image_id=42), r"unknown image_id 42"),
 }
@@ -824,8 +933,12 @@ def test_coco_json_bad_annotation_fails_naming_it_or_is_skipped_and_counted(tmp_
     trainer = train.Trainer(coco_config(tmp_path, data, "skip"), tmp_path / "w")
     loader = trainer.loader("train", train=False)
     assert len(loader.skipped) == 1 and re.search(message, loader.skipped[0]), loader.skipped
-    boxes = {int(b["image_id"][i]): int(b["box_mask"][i].sum()) for b in loader.eval_batches()
-             for i in range(len(b["image_id"])) if b["valid"][i]}
+    boxes = {
+        int(b["image_id"][i]): int(b["box_mask"][i].sum())
+        for b in loader.eval_batches()
+        for i in range(len(b["image_id"]))
+        if b["valid"][i]
+    }
     assert boxes == {1: 1, 2: 0, 3: 1, 4: 0}  # the bad box is gone; image 4 never had one
 
 
@@ -852,10 +965,14 @@ def test_coco_json_corrupt_image_fails_naming_it_or_is_skipped(tmp_path: Path):
     data = make_coco(tmp_path)
     bad = tmp_path / "images" / "im1.png"
     bad.write_bytes(bad.read_bytes()[:200])
-    loader = train.Trainer(coco_config(tmp_path, data, "fail"), tmp_path / "w").loader("validation", train=False)
+    loader = train.Trainer(coco_config(tmp_path, data, "fail"), tmp_path / "w").loader(
+        "validation", train=False
+    )
     with pytest.raises(DataError, match=rf"cannot read image {bad}"):
         list(loader.eval_batches())
-    loader = train.Trainer(coco_config(tmp_path, data, "skip"), tmp_path / "w").loader("validation", train=False)
+    loader = train.Trainer(coco_config(tmp_path, data, "skip"), tmp_path / "w").loader(
+        "validation", train=False
+    )
     ids = [int(i) for b in loader.eval_batches() for i, v in zip(b["image_id"], b["valid"], strict=True) if v]
     assert ids == [1, 3, 4] and len(loader.skipped) == 1 and str(bad) in loader.skipped[0]
 
@@ -864,9 +981,16 @@ def test_cli_coco_json_error_is_one_clear_line(tmp_path: Path):
     data = make_coco(tmp_path)
     data["annotations"][1].pop("bbox")
     (tmp_path / "ann.json").write_text(json.dumps(data))
-    proc = run_main(tmp_path / "w", f"--config.data.train_json={tmp_path}/ann.json",
-                    f"--config.data.train_images={tmp_path}/images", f"--config.data.val_json={tmp_path}/ann.json",
-                    f"--config.data.val_images={tmp_path}/images", spec="configs/coco_json_retinanet.py:smoke")
+    proc = run_main(
+        tmp_path / "w",
+        f"--config.data.train_json={tmp_path}/ann.json",
+        f"--config.data.train_images={tmp_path}/images",
+        f"--config.data.val_json={tmp_path}/ann.json",
+        f"--config.data.val_images={tmp_path}/images",
+        spec="configs/coco_json_retinanet.py:smoke",
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert f"[jaxcv] data error: {tmp_path}/ann.json: annotation 2 is missing field(s) ['bbox']" in proc.stderr
+    assert (
+        f"[jaxcv] data error: {tmp_path}/ann.json: annotation 2 is missing field(s) ['bbox']" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
