@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,10 +20,13 @@ class MetricWriter:
     """Writes scalars to `workdir/metrics.jsonl` and TensorBoard event files under `workdir/tb`.
 
     TensorBoard writing uses `tf.summary` (tensorflow-cpu is a dependency of tfds anyway); if it
-    cannot be imported the JSON log is still written.
+    cannot be imported the JSON log is still written. `JAXCV_TENSORBOARD=0` turns it off (importing
+    TensorFlow costs seconds at start-up; the test suite sets it).
     """
 
-    def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool | None = None):
+        if tensorboard is None:
+            tensorboard = os.environ.get("JAXCV_TENSORBOARD", "1") != "0"
         self.enabled = enabled
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None

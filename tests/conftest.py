@@ -9,6 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 
+# TensorBoard writing imports TensorFlow (seconds per run); the one test that checks it turns it on.
+os.environ.setdefault("JAXCV_TENSORBOARD", "0")
 jax.config.update("jax_compilation_cache_dir", os.environ.get("JAXCV_TEST_CACHE", str(ROOT / ".jax_cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

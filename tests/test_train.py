@@ -41,7 +41,8 @@ def final_params(workdir: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_classification_learns_and_writes_outputs(tmp_path: Path):
+def test_classification_learns_and_writes_outputs(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("JAXCV_TENSORBOARD", "1")
     c = config("synthetic_classification", None, num_train_steps=80, log_every=10, checkpoint_every=40,
                data__num_train=1024, data__num_val=128)
     metrics = train.train_and_evaluate(c, tmp_path)
