@@ -383,29 +383,44 @@ def grad_cam(
 # ---- command line -----------------------------------------------------------------------------
 
 
+def run_config(workdir: str | Path) -> Any:
+    """The config a run was trained with, from `workdir/config.json`."""
+    import ml_collections
+
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: --workdir must be a training run's directory")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
 def load_run(workdir: str | Path) -> tuple[Any, Any, Any, Any]:
     """(config, trainer, apply_fn, variables) of a workdir: the config from `config.json`, the state
     from its latest checkpoint."""
-    import ml_collections
-
-    from jaxcv import checkpoint as ckpt
     from jaxcv.train import Trainer
 
-    workdir = Path(workdir)
-    path = workdir / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: --workdir must be a training run's directory")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = run_config(workdir)
+    trainer = Trainer(config, workdir)
+    state = restore_state(trainer, workdir)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return config, trainer, state.apply_fn, variables
+
+
+def restore_state(trainer: Any, workdir: str | Path) -> Any:
+    """The trainer's state restored from `workdir`'s latest checkpoint; an error (never a silently
+    fresh model) when there is none or it does not fit the config's model."""
+    from jaxcv import checkpoint as ckpt
+
     checkpoints = ckpt.Checkpoints(workdir)
     try:
         if not checkpoints.latest.all_steps():
             raise FileNotFoundError(f"{workdir} has no checkpoint under checkpoints/")
-        trainer = Trainer(config, workdir)
-        state, _ = trainer.initial_state(checkpoints)
+        state, how = trainer.initial_state(checkpoints)
     finally:
         checkpoints.close()
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return config, trainer, state.apply_fn, variables
+    if not how.startswith("resumed"):
+        raise ValueError(f"no checkpoint of {workdir} could be restored into this config's model ({how}); "
+                         "does the config match the run's config.json?")
+    return state
 
 
 def model_input(trainer: Any, image_file: str | None) -> tuple[np.ndarray, str]:

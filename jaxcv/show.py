@@ -5,10 +5,12 @@
 
 `batch`: the training batch of step `--step` exactly as the trainer gets it (the task's source and
 train transform through `jaxcv.data.loader.Loader`, same seed), drawn with boxes and class names
-(detection, localization), mask overlays (segmentation) or class names (classification).
+(detection, localization), image | mask pairs (segmentation) or class names (classification).
 `results`: predictions next to the ground truth on the validation split, from the workdir's latest
-checkpoint (restored through the Trainer and run with its jitted `p_eval_step`).
-The PNG goes to `--out`, default `WORKDIR/show_<what>.png` (or `show_<what>.png` without a workdir).
+checkpoint (restored through the Trainer and run with its jitted `p_eval_step`); a checkpoint that
+does not fit the config is an error, never a silently fresh model. Without `--config`, the
+workdir's `config.json` is used. The PNG goes to `--out`, default `WORKDIR/show_<what>.png` (or
+`show_<what>.png` without a workdir).
 """
 
 from __future__ import annotations
@@ -174,10 +176,18 @@ def class_names(task: Any) -> list[str]:
     return list(getattr(task.source("train"), "class_names", []))
 
 
-def show(config: ml_collections.ConfigDict, what: str, workdir: str | Path | None = None,
+def show(config: ml_collections.ConfigDict | None, what: str, workdir: str | Path | None = None,
          out: str | Path | None = None, num: int = 16, step: int = 0) -> Path:
-    """What the command line does; returns the written PNG's path."""
+    """What the command line does; returns the written PNG's path. Without `config`, the workdir's
+    `config.json` (the run's own config) is used."""
     from jaxcv.train import Trainer
+
+    if config is None:
+        if workdir is None:
+            raise ValueError("pass --config, or --workdir of a run (its config.json is used)")
+        from jaxcv.explain import run_config
+
+        config = run_config(workdir)
 
     if what not in ("batch", "results"):
         raise ValueError(f"--what={what!r}; expected batch or results")
@@ -195,17 +205,11 @@ def show(config: ml_collections.ConfigDict, what: str, workdir: str | Path | Non
             tiles += new
             shown += len(new) // per_example
     else:
-        from jaxcv import checkpoint as ckpt
+        from jaxcv.explain import restore_state
 
         if workdir is None:
             raise ValueError("--what=results needs --workdir (a run with checkpoints)")
-        checkpoints = ckpt.Checkpoints(workdir)
-        try:
-            if not checkpoints.latest.all_steps():
-                raise FileNotFoundError(f"{workdir} has no checkpoint under checkpoints/ to show results of")
-            state, _ = trainer.initial_state(checkpoints)
-        finally:
-            checkpoints.close()
+        state = restore_state(trainer, workdir)
         thresh = float(config.get("predict", {}).get("score_thresh", 0.3))
         shown = 0
         per_example = 1
@@ -261,13 +265,13 @@ def _define_flags() -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:ARG]).", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file (configs/NAME.py[:ARG]); default: WORKDIR/config.json.", lock_config=True)
     flags.DEFINE_string("workdir", None, "A run's directory (needed for --what=results).")
     flags.DEFINE_enum("what", "batch", ["batch", "results"], "A training batch, or predictions vs truth.")
     flags.DEFINE_string("out", None, "Output PNG (default: WORKDIR/show_WHAT.png).")
     flags.DEFINE_integer("num", 16, "How many examples.")
     flags.DEFINE_integer("step", 0, "batch: which training step's batch.")
-    flags.mark_flags_as_required(["config"])
 
 
 if __name__ == "__main__":

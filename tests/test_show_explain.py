@@ -197,9 +197,13 @@ def test_show_and_explain_on_a_trained_workdir(smoke_workdir: Path, tmp_path: Pa
     config = _config("synthetic_classification")
     im = _png(show.show(config, "batch", smoke_workdir, tmp_path / "batch.png", num=8))
     assert im.width >= 8 * 128
-    _png(show.show(config, "results", smoke_workdir, tmp_path / "results.png", num=4))
+    _png(show.show(None, "results", smoke_workdir, tmp_path / "results.png", num=4))  # the run's config.json
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         show.show(config, "results", tmp_path, tmp_path / "none.png")
+    with config.unlocked():
+        config.model.hidden = 8  # another model than the checkpoint's: an error, not a fresh model
+    with pytest.raises(ValueError, match="another model|could be restored"):
+        show.show(config, "results", smoke_workdir, tmp_path / "wrong.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / "in.png")
     _png(explain.explain(smoke_workdir, "filters", tmp_path / "f.png", layer="block1_conv1", num=4, steps=5))
     _png(explain.explain(smoke_workdir, "gradcam", tmp_path / "g.png", str(tmp_path / "in.png"), class_index=2))
