@@ -55,8 +55,15 @@ def _random_case(seed: int, integer_boxes: bool) -> tuple[dict, list[dict]]:
             cat = int(rng.choice([1, 3, 7, 12]))
             box = rand_box()
             area = box[2] * box[3] * float(rng.uniform(0.5, 1.0))  # like a mask area, not the box
-            anns.append({"image_id": im, "category_id": cat, "bbox": box, "area": area,
-                         "iscrowd": int(rng.random() < 0.12)})
+            anns.append(
+                {
+                    "image_id": im,
+                    "category_id": cat,
+                    "bbox": box,
+                    "area": area,
+                    "iscrowd": int(rng.random() < 0.12),
+                }
+            )
     ann_ids = rng.permutation(len(anns) + 5)[: len(anns)]  # may include id 0 (pycocotools quirk)
     for a, i in zip(anns, ann_ids, strict=True):
         a["id"] = int(i)
@@ -77,11 +84,23 @@ def _random_case(seed: int, integer_boxes: bool) -> tuple[dict, list[dict]]:
             b = [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)]
             if integer_boxes:
                 b = [float(np.round(v)) for v in b]
-            results.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": b,
-                            "score": score(good=True)})
+            results.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": a["category_id"],
+                    "bbox": b,
+                    "score": score(good=True),
+                }
+            )
     for _ in range(120):  # false positives everywhere, incl. images without gt and category 10
-        results.append({"image_id": int(rng.choice(img_ids)), "category_id": int(rng.choice([1, 3, 7, 10])),
-                        "bbox": rand_box(), "score": score()})
+        results.append(
+            {
+                "image_id": int(rng.choice(img_ids)),
+                "category_id": int(rng.choice([1, 3, 7, 10])),
+                "bbox": rand_box(),
+                "score": score(),
+            }
+        )
     crowded = img_ids[0]
     for _ in range(130):  # > 100 detections of one (image, category)
         results.append({"image_id": crowded, "category_id": 1, "bbox": rand_box(), "score": score()})
@@ -143,14 +162,22 @@ def test_hand_cases() -> None:
 def test_tie_threshold_and_id_zero_edges() -> None:
     """Exact IoU ties between gts (later gt wins), IoU exactly at thresholds 0.5 / 0.75 (>= matches),
     and pycocotools' quirk that a match to the gt with id 0 counts as unmatched."""
-    ann = lambda i, img, box: {"id": i, "image_id": img, "category_id": 1, "bbox": box,  # noqa: E731
-                               "area": box[2] * box[3], "iscrowd": 0}
+    ann = lambda i, img, box: {
+        "id": i,
+        "image_id": img,
+        "category_id": 1,
+        "bbox": box,  # noqa: E731
+        "area": box[2] * box[3],
+        "iscrowd": 0,
+    }
     gt = {
         "images": [{"id": 1}, {"id": 2}, {"id": 3}],
         "categories": [{"id": 1, "name": "x"}],
         "annotations": [
-            ann(4, 1, [0, 0, 10, 10]), ann(5, 1, [2, 0, 10, 10]),
-            ann(6, 2, [0, 0, 20, 20]), ann(7, 2, [100, 100, 20, 20]),
+            ann(4, 1, [0, 0, 10, 10]),
+            ann(5, 1, [2, 0, 10, 10]),
+            ann(6, 2, [0, 0, 20, 20]),
+            ann(7, 2, [100, 100, 20, 20]),
             ann(0, 3, [0, 0, 10, 10]),
         ],
     }
@@ -175,7 +202,9 @@ def test_no_results_and_unknown_image() -> None:
     stats = coco_evaluate(gt, [])
     assert stats["AP"] == 0.0 and stats["AR100"] == 0.0
     with pytest.raises(ValueError, match="not in the ground truth"):
-        coco_evaluate(gt, results + [{"image_id": 123456, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}])
+        coco_evaluate(
+            gt, results + [{"image_id": 123456, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]
+        )
     with pytest.raises(NotImplementedError):
         coco_evaluate(gt, results, iou_type="segm")
 
@@ -185,7 +214,14 @@ def test_detections_to_coco_results() -> None:
     scores = np.array([[0.9, 0.1], [0.5, 0.0]], np.float32)
     labels = np.array([[0, 2], [1, 0]])
     valid = np.array([[True, True], [True, False]])
-    res = detections_to_coco_results([7, 8], boxes, scores, labels, valid, [1, 3, 5], scales=np.array([2.0, 1.0]))
+    res = detections_to_coco_results(
+        [7, 8], boxes, scores, labels, valid, [1, 3, 5], scales=np.array([2.0, 1.0])
+    )
     assert len(res) == 3
-    assert res[0] == {"image_id": 7, "category_id": 1, "bbox": [5.0, 10.0, 10.0, 20.0], "score": pytest.approx(0.9)}
+    assert res[0] == {
+        "image_id": 7,
+        "category_id": 1,
+        "bbox": [5.0, 10.0, 10.0, 20.0],
+        "score": pytest.approx(0.9),
+    }
     assert res[1]["category_id"] == 5 and res[2]["image_id"] == 8 and res[2]["bbox"] == [1.0, 2.0, 2.0, 2.0]

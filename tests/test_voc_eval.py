@@ -14,10 +14,18 @@ def _brute_force(gtb, gtl, gtd, detb, dets, detl, num_classes, thr, use07, plus1
         recs, npos = {}, 0
         for i in range(len(gtb)):
             m = [j for j in range(len(gtl[i])) if gtl[i][j] == c]
-            recs[i] = {"box": [gtb[i][j] for j in m], "diff": [bool(gtd[i][j]) for j in m], "det": [False] * len(m)}
+            recs[i] = {
+                "box": [gtb[i][j] for j in m],
+                "diff": [bool(gtd[i][j]) for j in m],
+                "det": [False] * len(m),
+            }
             npos += sum(1 for j in m if not gtd[i][j])
-        dets_c = [(float(dets[i][j]), i, detb[i][j]) for i in range(len(detb)) for j in range(len(detl[i]))
-                  if detl[i][j] == c]
+        dets_c = [
+            (float(dets[i][j]), i, detb[i][j])
+            for i in range(len(detb))
+            for j in range(len(detl[i]))
+            if detl[i][j] == c
+        ]
         # Stable sort by descending score, images then detections in input order.
         dets_c = [d for _, d in sorted(enumerate(dets_c), key=lambda e: (-e[1][0], e[0]))]
         tp, fp = [], []
@@ -27,7 +35,9 @@ def _brute_force(gtb, gtl, gtd, detb, dets, detl, num_classes, thr, use07, plus1
                 iw = max(min(b[2], g[2]) - max(b[0], g[0]) + p1, 0.0)
                 ih = max(min(b[3], g[3]) - max(b[1], g[1]) + p1, 0.0)
                 inter = iw * ih
-                union = (b[2] - b[0] + p1) * (b[3] - b[1] + p1) + (g[2] - g[0] + p1) * (g[3] - g[1] + p1) - inter
+                union = (
+                    (b[2] - b[0] + p1) * (b[3] - b[1] + p1) + (g[2] - g[0] + p1) * (g[3] - g[1] + p1) - inter
+                )
                 if inter / union > best:
                     best, jbest = inter / union, j
             t = f = 0.0
@@ -122,8 +132,15 @@ def test_hand_computed() -> None:
     # VOC07: recall >= 0, .1, ..., .5 -> max precision 1; >= .6 ... 1.0 -> 2/3.
     assert voc_evaluate(*args, use_07_metric=True)["mAP"] == pytest.approx((6 + 5 * 2 / 3) / 11)
     # IoU exactly 0.5 (50 of 100 inclusive pixels) is not a hit: the devkit needs IoU > threshold.
-    half = ([np.array([[0, 0, 9, 9]], float)], [np.array([0])], None, [np.array([[0, 0, 9, 4]], float)],
-            [np.array([0.9])], [np.array([0])], 1)
+    half = (
+        [np.array([[0, 0, 9, 9]], float)],
+        [np.array([0])],
+        None,
+        [np.array([[0, 0, 9, 4]], float)],
+        [np.array([0.9])],
+        [np.array([0])],
+        1,
+    )
     assert voc_evaluate(*half)["mAP"] == 0.0
     assert voc_evaluate(*half, iou_threshold=0.49)["mAP"] == 1.0
     # Without the +1 convention the same boxes overlap 36/81.
@@ -135,14 +152,18 @@ def test_difficult_duplicates_and_no_fallback() -> None:
     # gt 0: normal, gt 1: difficult, gt 2: normal overlapping gt 0 partially.
     gtb = [np.array([[0, 0, 99, 99], [200, 200, 299, 299], [0, 40, 99, 139]], float)]
     gtd = [np.array([False, True, False])]
-    det = np.array([
-        [0, 0, 99, 99],  # TP on gt 0
-        [200, 200, 299, 299],  # on the difficult gt: ignored
-        [0, 10, 99, 109],  # best IoU with gt 0 (taken) -> FP, though gt 2 (IoU ~0.54) is free
-        [0, 0, 99, 99],  # duplicate on gt 0 -> FP
-    ], float)
-    out = voc_evaluate(gtb, [np.zeros(3, int)], gtd, [det], [np.array([0.9, 0.8, 0.7, 0.6])],
-                       [np.zeros(4, int)], 1)
+    det = np.array(
+        [
+            [0, 0, 99, 99],  # TP on gt 0
+            [200, 200, 299, 299],  # on the difficult gt: ignored
+            [0, 10, 99, 109],  # best IoU with gt 0 (taken) -> FP, though gt 2 (IoU ~0.54) is free
+            [0, 0, 99, 99],  # duplicate on gt 0 -> FP
+        ],
+        float,
+    )
+    out = voc_evaluate(
+        gtb, [np.zeros(3, int)], gtd, [det], [np.array([0.9, 0.8, 0.7, 0.6])], [np.zeros(4, int)], 1
+    )
     # TP, (ignored), FP, FP: recall 1/2 at precision 1, never reaches gt 2.
     assert out["AP"][0] == pytest.approx(0.5)
     assert out["num_positives"][0] == 2
@@ -152,5 +173,12 @@ def test_voc_ap_edges() -> None:
     assert voc_ap(np.zeros(0), np.zeros(0)) == 0.0
     assert voc_ap(np.zeros(0), np.zeros(0), use_07_metric=True) == 0.0
     with pytest.raises(ValueError, match="labels must be in"):
-        voc_evaluate([np.zeros((1, 4))], [np.array([3])], None, [np.zeros((0, 4))], [np.zeros(0)],
-                     [np.zeros(0, int)], 2)
+        voc_evaluate(
+            [np.zeros((1, 4))],
+            [np.array([3])],
+            None,
+            [np.zeros((0, 4))],
+            [np.zeros(0)],
+            [np.zeros(0, int)],
+            2,
+        )

@@ -147,9 +147,16 @@ def _index_of(values: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _match(
-    gt_box: np.ndarray, gt_area: np.ndarray, gt_crowd: np.ndarray, gt_id: np.ndarray,
-    dt_box: np.ndarray, dt_area: np.ndarray, gt_start: np.ndarray, gt_count: np.ndarray,
-    dt_start: np.ndarray, dt_count: np.ndarray,
+    gt_box: np.ndarray,
+    gt_area: np.ndarray,
+    gt_crowd: np.ndarray,
+    gt_id: np.ndarray,
+    dt_box: np.ndarray,
+    dt_area: np.ndarray,
+    gt_start: np.ndarray,
+    gt_count: np.ndarray,
+    dt_start: np.ndarray,
+    dt_count: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy COCO matching for every (image, category) group.
 
@@ -332,10 +339,18 @@ def _summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
         return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
 
     values = [
-        one(True), one(True, 0.5), one(True, 0.75),
-        one(True, area="small"), one(True, area="medium"), one(True, area="large"),
-        one(False, max_dets=1), one(False, max_dets=10), one(False),
-        one(False, area="small"), one(False, area="medium"), one(False, area="large"),
+        one(True),
+        one(True, 0.5),
+        one(True, 0.75),
+        one(True, area="small"),
+        one(True, area="medium"),
+        one(True, area="large"),
+        one(False, max_dets=1),
+        one(False, max_dets=10),
+        one(False),
+        one(False, area="small"),
+        one(False, area="medium"),
+        one(False, area="large"),
     ]
     return dict(zip(STAT_NAMES, values, strict=True))
 
@@ -377,7 +392,11 @@ def detections_to_coco_results(
             lab = int(labels[b, j])
             cat = lab if label_to_category_id is None else int(label_to_category_id[lab])
             out.append(
-                {"image_id": int(image_id), "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                 "score": float(scores[b, j])}
+                {
+                    "image_id": int(image_id),
+                    "category_id": cat,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(scores[b, j]),
+                }
             )
     return out

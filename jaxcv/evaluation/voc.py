@@ -60,8 +60,10 @@ def _as_list(arrays: Sequence[Any], dtype: Any, shape: tuple[int, ...], name: st
         a = np.asarray(a, dtype)
         a = a.reshape((-1, *shape)) if a.size == 0 else a
         if a.shape[1:] != shape:
-            raise ValueError(f"{name}[{i}] has shape {a.shape}, expected [N{', ' if shape else ''}"
-                             f"{', '.join(map(str, shape))}]")
+            raise ValueError(
+                f"{name}[{i}] has shape {a.shape}, expected [N{', ' if shape else ''}"
+                f"{', '.join(map(str, shape))}]"
+            )
         out.append(a)
     return out
 
@@ -87,13 +89,16 @@ def voc_evaluate(
     {name: AP}, "num_positives": [K] int}.
     """
     n = len(gt_boxes)
-    lists = (gt_labels, det_boxes, det_scores, det_labels) + ((gt_difficult,) if gt_difficult is not None else ())
+    lists = (gt_labels, det_boxes, det_scores, det_labels) + (
+        (gt_difficult,) if gt_difficult is not None else ()
+    )
     if any(len(x) != n for x in lists):
         raise ValueError("gt and detection lists must have one entry per image")
     gb = _as_list(gt_boxes, np.float64, (4,), "gt_boxes")
     gl = _as_list(gt_labels, np.int64, (), "gt_labels")
     gd = (
-        [np.zeros(len(b), bool) for b in gb] if gt_difficult is None
+        [np.zeros(len(b), bool) for b in gb]
+        if gt_difficult is None
         else _as_list(gt_difficult, bool, (), "gt_difficult")
     )
     db = _as_list(det_boxes, np.float64, (4,), "det_boxes")
@@ -102,11 +107,15 @@ def voc_evaluate(
     plus_one = 1.0 if pixel_plus_one else 0.0
 
     # Flatten everything with an image index.
-    g_img = np.concatenate([np.full(len(b), i) for i, b in enumerate(gb)] + [np.zeros(0, np.int64)]).astype(int)
+    g_img = np.concatenate([np.full(len(b), i) for i, b in enumerate(gb)] + [np.zeros(0, np.int64)]).astype(
+        int
+    )
     g_box = np.concatenate(gb + [np.zeros((0, 4))])
     g_lab = np.concatenate(gl + [np.zeros(0, np.int64)])
     g_dif = np.concatenate(gd + [np.zeros(0, bool)])
-    d_img = np.concatenate([np.full(len(b), i) for i, b in enumerate(db)] + [np.zeros(0, np.int64)]).astype(int)
+    d_img = np.concatenate([np.full(len(b), i) for i, b in enumerate(db)] + [np.zeros(0, np.int64)]).astype(
+        int
+    )
     d_box = np.concatenate(db + [np.zeros((0, 4))])
     d_score = np.concatenate(ds + [np.zeros(0)])
     d_lab = np.concatenate(dl + [np.zeros(0, np.int64)])
