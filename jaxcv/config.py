@@ -89,6 +89,9 @@ def detection_config(preset: str = "torchvision") -> ml_collections.ConfigDict:
          "p6_from": "p5", "freeze_backbone_bn": True}
     )
     c.data.max_boxes = 32
+    # "contiguous": class k = the k-th category in sorted id order (num_classes = #categories);
+    # "category_id": class k = category id k (num_classes = max id + 1; torchvision's COCO detectors: 91)
+    c.data.label_map = "contiguous"
     c.data.augment = ml_collections.ConfigDict({"hflip": True, "scale_jitter": (), "photometric": False})
     c.anchors = ml_collections.ConfigDict(
         {

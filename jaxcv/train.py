@@ -200,8 +200,13 @@ class Trainer:
             num_threads=cfg.data.get("num_threads", 4),
         )
 
-    def initial_state(self, checkpoints: ckpt.Checkpoints) -> tuple[TrainState, str]:
-        """Precedence: the workdir's checkpoint, then `config.init_from`, then scratch."""
+    def initial_state(self, checkpoints: ckpt.Checkpoints, complete: bool = False) -> tuple[TrainState, str]:
+        """Precedence: the workdir's checkpoint, then `config.init_from`, then scratch.
+
+        `complete` (evaluation, prediction): the model must come whole from a checkpoint or
+        `init_from`; a variable left at its random init (a head of another class count, a prefix that
+        covers only the backbone) or no source at all raises instead of giving a meaningless number.
+        """
         state = create_train_state(self.config, self.task, jax.random.key(self.config.seed, impl=RNG_IMPL), self.mesh)
         restored = checkpoints.restore_latest(_abstract(state))
         if restored is not None:
@@ -211,17 +216,23 @@ class Trainer:
             source = ckpt.load_variables(self.config.init_from)
             prefix = self.config.get("init_prefix", "")
             params, report = ckpt.merge_pretrained(state.params, source["params"], prefix)
-            stats, _ = ckpt.merge_pretrained(state.batch_stats, source.get("batch_stats", {}), prefix)
+            stats, stats_report = ckpt.merge_pretrained(state.batch_stats, source.get("batch_stats", {}), prefix)
             if not report["loaded"]:
                 raise ValueError(
                     f"init_from={self.config.init_from!r} loaded no parameter under prefix {prefix!r}; "
                     f"its top-level keys: {sorted(source['params'])}"
                 )
+            if complete:
+                _check_complete(self.config, state, report, stats_report)
             state = state.replace(
                 params=jax.device_put(params, self.replicated),
                 batch_stats=jax.device_put(stats, self.replicated),
             )
             return state, f"initialized from {self.config.init_from} ({ckpt.summarize_report(report)})"
+        if complete:
+            raise FileNotFoundError(
+                f"nothing to evaluate: {self.workdir} has no checkpoint and config.init_from is not set"
+            )
         return state, "initialized from scratch"
 
     def evaluate(
@@ -236,6 +247,32 @@ class Trainer:
             host_batch = _to_host(_to_global(batch, tuple(batch), self.data_sharding))
             evaluator.update(host_batch, _to_host(preds))
         return evaluator.result(), evaluator
+
+
+def _check_complete(config: ml_collections.ConfigDict, state: TrainState, *reports: dict[str, list[str]]) -> None:
+    """Raises if `init_from` left any parameter or BatchNorm statistic of the model at its init."""
+    loaded = sum(len(r["loaded"]) for r in reports)
+    total = len(jax.tree_util.tree_leaves(state.params)) + len(jax.tree_util.tree_leaves(state.batch_stats))
+    if loaded >= total:
+        return
+    mismatch = [k for r in reports for k in r["shape_mismatch"]]
+    prefix = config.get("init_prefix", "")
+    hint = []
+    if mismatch:
+        more = " ..." if len(mismatch) > 4 else ""
+        hint.append(f"shape mismatch (source vs model): {'; '.join(mismatch[:4])}{more}; a head with another "
+                    "number of classes? torchvision's COCO detectors have 91 outputs indexed by category id: "
+                    "--config.data.label_map=category_id")
+    missing = [k for r in reports for k in r["missing_in_source"]]
+    if missing:
+        hint.append(f"not in the source: {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else ""))
+    if prefix:
+        hint.append(f"init_prefix={prefix!r} loads only that part of the model; a full-model checkpoint needs "
+                    "--config.init_prefix=''")
+    raise ValueError(
+        f"init_from={config.init_from!r} sets {loaded} of the model's {total} variables; evaluation and "
+        f"prediction need all of them ({'; '.join(hint)})"
+    )
 
 
 def _abstract(state: TrainState) -> dict[str, Any]:
@@ -437,7 +474,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
     workdir = Path(workdir)
     trainer = Trainer(config, workdir)
     checkpoints = ckpt.Checkpoints(workdir)
-    state, how = trainer.initial_state(checkpoints)
+    state, how = trainer.initial_state(checkpoints, complete=True)
     print(f"[jaxcv] evaluating: {how}", flush=True)
     metrics, evaluator = trainer.evaluate(state)
     out = workdir / "eval"
@@ -456,7 +493,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     workdir = Path(workdir)
     trainer = Trainer(config, workdir)
     checkpoints = ckpt.Checkpoints(workdir)
-    state, how = trainer.initial_state(checkpoints)
+    state, how = trainer.initial_state(checkpoints, complete=True)
     paths = sorted(glob.glob(config.predict.inputs))
     if not paths:
         raise FileNotFoundError(f"predict.inputs={config.predict.inputs!r} matches no file")

@@ -63,8 +63,28 @@ class DetectionTask(Task):
         self.anchors = anchors  # [A, 4] xyxy pixels, numpy (a constant inside jit)
 
     @property
+    def label_map(self) -> str:
+        """`data.label_map`: "contiguous" (class k = k-th category in sorted id order) or "category_id"
+        (class k = category id k, with unused ids never positive: torchvision's 91-output COCO models)."""
+        return self.config.data.get("label_map", "contiguous")
+
+    @property
     def num_classes(self) -> int:
+        if self.label_map == "category_id":
+            return int(max(label_to_category_id(self.source("train")))) + 1
         return int(self.source("train").num_classes)
+
+    def class_space(self, split: str) -> tuple[np.ndarray, list[str]]:
+        """Model class -> dataset category id [num_classes], and the class names (torchvision's "N/A"
+        for ids without a category under `label_map="category_id"`)."""
+        src = self.source(split)
+        ids = label_to_category_id(src)
+        if self.label_map != "category_id":
+            return ids, list(src.class_names)
+        names = ["N/A"] * self.num_classes
+        for cid, name in zip(ids, src.class_names, strict=True):
+            names[int(cid)] = name
+        return np.arange(self.num_classes, dtype=np.int64), names
 
     def validate(self) -> None:
         stride = 2 ** max(self.anchor_config.levels)
@@ -73,6 +93,8 @@ class DetectionTask(Task):
                 f"data.image_size={self.image_size} must be divisible by the largest stride {stride} "
                 f"(anchors.levels={tuple(self.anchor_config.levels)})"
             )
+        if self.label_map not in ("contiguous", "category_id"):
+            raise ValueError(f"data.label_map={self.label_map!r}: use 'contiguous' or 'category_id'")
         n = self.config.data.get("num_classes")
         if n and n != self.num_classes:
             raise ValueError(
@@ -112,12 +134,16 @@ class DetectionTask(Task):
             )
         # loss.classification: "focal" (RetinaNet) or "bce" = focal with gamma 0 and no alpha weighting.
         bce = lc.get("classification", "focal") == "bce"
+        labels = batch["labels"]
+        if self.label_map == "category_id":  # contiguous source labels -> category ids (padding is masked)
+            cat_ids = jnp.asarray(label_to_category_id(self.source("train")), jnp.int32)
+            labels = jnp.where(batch["box_mask"], cat_ids[jnp.clip(labels, 0, len(cat_ids) - 1)], labels)
         terms = retinanet_loss(
             outputs["cls_logits"].astype(jnp.float32),
             outputs["bbox_regression"].astype(jnp.float32),
             self.anchors,
             batch["boxes"],
-            batch["labels"],
+            labels,
             batch["box_mask"],
             alpha=-1.0 if bce else lc.alpha,
             gamma=0.0 if bce else lc.gamma,
@@ -149,15 +175,14 @@ class DetectionTask(Task):
         )
 
     def evaluator(self) -> Evaluator:
-        src = self.source("validation")
-        return DetectionEvaluator(src.coco_ground_truth(), label_to_category_id(src), list(src.class_names))
+        cat_ids, names = self.class_space("validation")
+        return DetectionEvaluator(self.source("validation").coco_ground_truth(), cat_ids, names)
 
     def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
         from jaxcv.viz import draw_detections
 
         transform = self.make_transform(train=False)
-        names = list(self.source("train").class_names)
-        cat_ids = label_to_category_id(self.source("train"))
+        cat_ids, names = self.class_space("train")
         fn = jax.jit(lambda v, x: self.predict(apply_fn(v, x, train=False), {}))
         results = []
         for i, path in enumerate(paths):
