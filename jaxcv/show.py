@@ -97,8 +97,9 @@ def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int) ->
         image = batch["image"][b]
         if "box_mask" in batch:  # detection: boxes padded to max_boxes
             keep = np.asarray(batch["box_mask"][b], bool)
+            n = int(keep.sum())
             tiles.append(_box_tile(image, batch["boxes"][b][keep], batch["labels"][b][keep], None, names,
-                                   f"{int(keep.sum())} objects"))
+                                   f"{n} object{'' if n == 1 else 's'}"))
         elif "has_box" in batch:  # localization: one relative box
             s = image.shape[0]
             boxes = batch["box"][b][None] * s if batch["has_box"][b] else np.zeros((0, 4))
