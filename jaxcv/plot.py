@@ -85,15 +85,16 @@ def plot_sweep(sweep_dir: str | Path, x: str, y: str, out: str | Path | None = N
         errs = [p["std"] if math.isfinite(p["std"]) else 0.0 for p in pts]
         order = sorted(range(len(xs)), key=lambda i: xs[i])
         unique_x = len(set(xs)) == len(xs)
+        line = numeric and unique_x and len(xs) > 1  # categories (encoders, anchor sets) are not joined
         ax.errorbar([xs[i] for i in order], [ys[i] for i in order], yerr=[errs[i] for i in order],
-                    fmt="o-" if unique_x and len(xs) > 1 else "o", capsize=4,
-                    label=f"{series}={label}" if series else None)
-        for xi, p in zip(xs, pts, strict=True):
+                    fmt="o-" if line else "o", capsize=4, label=f"{series}={label}" if series else None)
+        for k, (xi, p) in enumerate(zip(xs, pts, strict=True)):
             note = p["setting"] + (f" (n={p['n']})" if p["n"] > 1 else "")
-            ax.annotate(note, (xi, p["y"]), textcoords="offset points", xytext=(4, 6), fontsize=7, rotation=12)
+            ax.annotate(note, (xi, p["y"]), textcoords="offset points", xytext=(5, 7 if k % 2 == 0 else -12),
+                        fontsize=7)
     if not numeric:
         ax.set_xticks(range(len(cats)), cats, rotation=15 if max(map(len, cats)) > 8 else 0)
-        ax.set_xlim(-0.5, len(cats) - 0.5 + 0.6)
+        ax.set_xlim(-0.5, len(cats) - 0.5 + 0.9)  # room for the last annotation
     else:
         lo, hi = min(p["x"] for p in points), max(p["x"] for p in points)
         pad = 0.08 * (hi - lo) if hi > lo else 0.5
@@ -121,7 +122,7 @@ def plot_curves(workdirs: Sequence[str | Path], out: str | Path, metrics: Sequen
     from jaxcv.logs import read_metrics
 
     plt = _pyplot()
-    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11.0, 4.2), sharex=True)  # one eval point: at its step
     labels = list(labels) if labels else [Path(w).name for w in workdirs]
     values: list[float] = []
     for i, (wd, label) in enumerate(zip(workdirs, labels, strict=True)):
