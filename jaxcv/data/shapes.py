@@ -46,6 +46,8 @@ class ShapesConfig:
     seed: int = 0
     min_visible: float = 0.25  # instances with less of their area visible are removed
     min_pixels: int = 12  # ... as are instances with fewer visible pixels
+    min_size: float = 0.0  # object diameter range in pixels (log-uniform); 0 = max(6, S/16)
+    max_size: float = 0.0  # 0 = S/2
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_classes <= len(SHAPE_NAMES):
@@ -129,7 +131,8 @@ def render_shapes(config: ShapesConfig, split: int, index: int) -> dict[str, Any
     s = config.image_size
     image = _background(rng, s)
     n = int(rng.integers(config.min_objects, config.max_objects + 1))
-    d_min, d_max = max(6.0, s / 16), s / 2
+    d_min = config.min_size or max(6.0, s / 16)
+    d_max = config.max_size or s / 2
     pad = int(math.ceil(d_max / 2)) + 2  # shapes are drawn on a padded canvas to know their full area
     full, labels, colours = [], [], []
     for _ in range(n):
@@ -245,7 +248,9 @@ class ShapesDetection:
 
 def shapes_config_from(data_config: Any) -> ShapesConfig:
     """ShapesConfig from `config.data`: `image_size` (128), `num_train` (2000), `num_val` (200),
-    `min_objects` (1), `max_objects` (6), `shape_classes` (3; number of shape classes), `seed` (0)."""
+    `min_objects` (1), `max_objects` (6), `shape_classes` (3; number of shape classes), `seed` (0),
+    `min_visible` (0.25, visible fraction below which an occluded instance is removed), `min_size` /
+    `max_size` (object diameters in pixels; 0 = S/16 and S/2)."""
     d = ShapesConfig()
     return ShapesConfig(
         image_size=int(cfg_get(data_config, "image_size", d.image_size)),
@@ -255,6 +260,9 @@ def shapes_config_from(data_config: Any) -> ShapesConfig:
         max_objects=int(cfg_get(data_config, "max_objects", d.max_objects)),
         num_classes=int(cfg_get(data_config, "shape_classes", d.num_classes)),
         seed=int(cfg_get(data_config, "seed", d.seed)),
+        min_visible=float(cfg_get(data_config, "min_visible", d.min_visible)),
+        min_size=float(cfg_get(data_config, "min_size", d.min_size)),
+        max_size=float(cfg_get(data_config, "max_size", d.max_size)),
     )
 
 
