@@ -2,6 +2,12 @@
 horizontal flip, scale jitter with random crop, photometric jitter. Boxes move with the image, are
 clipped, and degenerate ones are dropped; ground truth is padded to `max_boxes` with a mask so every
 batch has one shape (one compilation).
+
+Box policy (the "fail vs skip" decision on bad annotations belongs to the sources; here a box that
+cannot be a target is simply left out): non-finite boxes, empty or inverted ones (x2 <= x1 or
+y2 <= y1) and boxes with no area left after clipping to the image (fully outside) are dropped;
+the rest are clipped. After resize/crop, boxes smaller than `min_box_size` output pixels on either
+side are dropped. `boxes` and `labels` of different lengths are cut to the shorter one.
 """
 
 from __future__ import annotations
@@ -16,30 +22,46 @@ from jaxcv.data.base import normalize
 
 Example = dict[str, Any]
 
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+# RGB <-> YIQ (NTSC). Rotating the (I, Q) chroma plane shifts hue and keeps luma: a cheap hue jitter.
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+_YIQ2RGB = np.linalg.inv(_RGB2YIQ).astype(np.float32)
+
 
 def sanitize_boxes(boxes: np.ndarray, labels: np.ndarray, height: int, width: int,
                    min_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Clips boxes [N, 4] xyxy to the image and drops NaN ones and those under `min_size` pixels."""
+    """Drops non-finite and inverted/empty boxes, clips the rest to the image, then drops those
+    under `min_size` pixels (and any with no area left). boxes: [N, 4] xyxy, labels: [N]."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     labels = np.asarray(labels, np.int32).reshape(-1)
     n = min(len(boxes), len(labels))
     boxes, labels = boxes[:n], labels[:n]
     finite = np.isfinite(boxes).all(axis=1)
     boxes = np.where(finite[:, None], boxes, 0)
+    proper = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
-    keep = finite & (boxes[:, 2] - boxes[:, 0] >= min_size) & (boxes[:, 3] - boxes[:, 1] >= min_size)
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    keep = finite & proper & (bw > 0) & (bh > 0) & (bw >= min_size) & (bh >= min_size)
     return boxes[keep], labels[keep]
 
 
-def _photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 0.2) -> np.ndarray:
-    """Brightness, contrast and saturation jitter (factors in [1 - s, 1 + s], random order-free)."""
+def _photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 0.2,
+                 hue: float = 0.03) -> np.ndarray:
+    """Brightness, contrast, saturation (factors in [1 - strength, 1 + strength]) then a hue shift of
+    up to `hue` turns (a rotation in YIQ chroma), in that fixed order, on uint8 [h, w, 3]; clipped to
+    0..255 once at the end. Like torchvision's ColorJitter(0.2, 0.2, 0.2, 0.03) without its random
+    order. All four steps are affine in RGB, so they are composed into one 3x3 matrix and an offset."""
     x = image.astype(np.float32)
     b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
-    x = x * b
-    x = (x - x.mean()) * c + x.mean()
-    gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    x = (x - gray[..., None]) * s + gray[..., None]
-    return np.clip(x, 0, 255).astype(np.uint8)
+    angle = rng.uniform(-hue, hue) * 2 * np.pi
+    mean = b * float(x.mean())  # contrast pivots on the mean after the brightness step
+    saturation = s * np.eye(3) + (1 - s) * np.outer(_LUMA, np.ones(3))  # row vectors: x @ saturation
+    cos, sin = np.cos(angle), np.sin(angle)
+    rot = np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]])
+    tail = saturation @ (_YIQ2RGB @ rot @ _RGB2YIQ).T
+    matrix = (b * c * tail).astype(np.float32)
+    offset = ((1 - c) * mean * np.ones(3) @ tail).astype(np.float32)
+    return np.clip(np.round(x @ matrix + offset), 0, 255).astype(np.uint8)
 
 
 def make_detection_transform(
@@ -59,15 +81,22 @@ def make_detection_transform(
     pixels per original pixel: divide predicted boxes by it to return to the original image);
     `orig_size` int32 [2] (h, w).
 
-    Eval: the long side is resized to S (aspect kept), then padded bottom/right. Train adds a random
-    scale factor from `scale_jitter` (then a random S x S crop where the image got larger), a random
-    horizontal flip and photometric jitter, all drawn from `rng`. Crowd boxes (`iscrowd`) are not
-    training targets. More than `max_boxes` boxes: the first `max_boxes` are kept.
+    Eval: the long side is resized to S (aspect kept, Pillow bilinear), then padded bottom/right with
+    0 (= the mean colour after normalization, as torchvision pads after normalizing). Train adds a
+    random scale factor from `scale_jitter` (then a random S x S crop where the image got larger,
+    padding where smaller), a random horizontal flip and photometric jitter, all drawn from `rng`.
+    Only the crop window is resampled, so large jitter factors cost no more than S x S pixels.
+    Crowd boxes (`iscrowd`) are not training targets (torchvision's reference drops them too).
+    More than `max_boxes` boxes: the first `max_boxes` are kept (source order, not by size).
     """
     s = int(image_size)
+    if scale_jitter is not None and not 0 < scale_jitter[0] <= scale_jitter[1]:
+        raise ValueError(f"scale_jitter must be (lo, hi) with 0 < lo <= hi, got {scale_jitter}")
 
     def transform(ex: Example, rng: np.random.Generator) -> Example:
         image = np.asarray(ex["image"])
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
         boxes = np.asarray(ex.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
         labels = np.asarray(ex.get("labels", np.zeros((0,))), np.int32).reshape(-1)
@@ -79,16 +108,16 @@ def make_detection_transform(
         if train and scale_jitter:
             scale *= float(rng.uniform(*scale_jitter))
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        im = Image.fromarray(image)
-        if (nh, nw) != (h, w):
-            im = im.resize((nw, nh), Image.BILINEAR)
-        resized = np.asarray(im)
-        boxes = boxes * np.float32(scale)
         y0 = int(rng.integers(0, nh - s + 1)) if train and nh > s else 0
         x0 = int(rng.integers(0, nw - s + 1)) if train and nw > s else 0
-        crop = resized[y0 : y0 + s, x0 : x0 + s]
-        ch, cw = crop.shape[:2]
-        boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
+        ch, cw = min(s, nh - y0), min(s, nw - x0)
+        if (nh, nw) == (h, w):
+            crop = image[y0 : y0 + ch, x0 : x0 + cw]
+        else:  # resample only the window [x0, x0 + cw) x [y0, y0 + ch) of the (virtual) resized image
+            sx, sy = nw / w, nh / h
+            window = (x0 / sx, y0 / sy, (x0 + cw) / sx, (y0 + ch) / sy)
+            crop = np.asarray(Image.fromarray(image).resize((cw, ch), Image.BILINEAR, box=window))
+        boxes = boxes * np.float32(scale) - np.array([x0, y0, x0, y0], np.float32)
         boxes, labels = sanitize_boxes(boxes, labels, ch, cw, min_size=min_box_size)
         if train and hflip and rng.random() < 0.5:
             crop = crop[:, ::-1]
