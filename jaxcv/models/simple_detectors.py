@@ -98,8 +98,9 @@ def relative_boxes(raw: Array, box_format: str = "cxcywh") -> Array:
 
 
 class Localizer(nn.Module):
-    """Largest-object localizer: backbone (resnet*, conv or small_cnn) -> global average pool ->
-    [Dense(hidden) -> ReLU -> dropout] -> `box_head` (4, sigmoid) and `class_head` (num_classes).
+    """Largest-object localizer: backbone (resnet*, conv or small_cnn) -> global average pool (or,
+    `pool="flatten"`, the whole last map flattened, as the course's head does: it keeps where things
+    are) -> [Dense(hidden) -> ReLU -> dropout] -> `box_head` (4, sigmoid) and `class_head` (num_classes).
 
     `__call__(x: [B, H, W, 3], train) -> dict`: `boxes` [B, 4] float32 xyxy relative to the image
     (0..1), `logits` [B, num_classes] float32. `box_format="cxcywh"` reads the 4 sigmoids as
@@ -113,6 +114,7 @@ class Localizer(nn.Module):
     hidden: int = 256
     dropout_rate: float = 0.25
     box_format: str = "cxcywh"  # "cxcywh" | "xyxy"
+    pool: str = "avg"  # "avg" | "flatten" (a map's size then fixes the hidden layer's input size)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -120,11 +122,13 @@ class Localizer(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
         if self.box_format not in ("cxcywh", "xyxy"):
             raise ValueError(f"box_format must be 'cxcywh' or 'xyxy', got {self.box_format!r}")
+        if self.pool not in ("avg", "flatten"):
+            raise ValueError(f"pool must be 'avg' or 'flatten', got {self.pool!r}")
         f = _backbone_features(self.backbone, self.backbone_kwargs or {}, self.dtype, self.param_dtype,
                                x, train, need_map=False)
         f = f.astype(jnp.float32)
         if f.ndim == 4:
-            f = jnp.mean(f, axis=(1, 2))  # [B, C]
+            f = jnp.mean(f, axis=(1, 2)) if self.pool == "avg" else f.reshape(f.shape[0], -1)  # [B, C | h*w*C]
         if self.hidden:
             f = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden")(f))
             f = nn.Dropout(self.dropout_rate, deterministic=not train)(f).astype(jnp.float32)
