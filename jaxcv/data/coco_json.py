@@ -24,6 +24,7 @@ from jaxcv.data import DATASETS
 from jaxcv.data.base import DataError, load_image
 from jaxcv.data.classification import cfg_get, split_id
 
+SINGULAR = {"images": "image", "annotations": "annotation", "categories": "category"}
 REQUIRED = {"images": ("id", "file_name"), "annotations": ("id", "image_id", "category_id", "bbox"),
             "categories": ("id", "name")}
 
@@ -31,11 +32,12 @@ REQUIRED = {"images": ("id", "file_name"), "annotations": ("id", "image_id", "ca
 class CocoJsonSource:
     """Random-access COCO-JSON detection source; images are read lazily with `base.load_image`.
 
-    Structure problems (unreadable JSON, a missing top-level list, images/categories without their
-    fields, duplicate image or category ids, no images) always raise DataError. Annotation problems
-    (missing fields, unknown image or category id, non-finite bbox, w <= 0 or h <= 0, more than
-    `tolerance` pixels outside its image) raise with `bad_input="fail"`; with "skip" the annotation
-    is dropped, its message appended to `skipped` and its reason counted in `skip_reasons`.
+    Structure problems (unreadable JSON, a missing top-level list, images, categories or annotations
+    without their required fields, duplicate image or category ids, no images) always raise DataError,
+    whatever the policy. Annotation problems (unknown image or category id, non-finite bbox,
+    w <= 0 or h <= 0, more than `tolerance` pixels outside its image) raise with `bad_input="fail"`;
+    with "skip" the annotation is dropped, its message appended to `skipped` and its reason counted
+    in `skip_reasons`.
     Boxes within `tolerance` of the border are kept (the transform clips them).
     """
 
@@ -59,17 +61,17 @@ class CocoJsonSource:
                 if not isinstance(item, dict):
                     raise DataError(f"{self.json_path}: {key} entry #{i} is not an object: {item!r:.80}")
                 missing = [f for f in fields if f not in item]
-                if missing and key != "annotations":
+                if missing:
                     ident = item.get("id", f"#{i}")
-                    raise DataError(f"{self.json_path}: {key[:-1]} {ident} is missing field(s) {missing}")
+                    raise DataError(f"{self.json_path}: {SINGULAR[key]} {ident} is missing field(s) {missing}")
         for key in ("images", "categories"):
             ids = [item["id"] for item in data[key]]
             not_int = [i for i in ids if not isinstance(i, int) or isinstance(i, bool)]
             if not_int:
-                raise DataError(f"{self.json_path}: {key[:-1]} ids must be integers, got {not_int[:5]}")
+                raise DataError(f"{self.json_path}: {SINGULAR[key]} ids must be integers, got {not_int[:5]}")
             dup = sorted(i for i, n in Counter(ids).items() if n > 1)
             if dup:
-                raise DataError(f"{self.json_path}: duplicate {key[:-1]} id(s) {dup[:10]}")
+                raise DataError(f"{self.json_path}: duplicate {SINGULAR[key]} id(s) {dup[:10]}")
         cats = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids = [int(c["id"]) for c in cats]
         self.class_names = [str(c["name"]) for c in cats]
@@ -86,15 +88,7 @@ class CocoJsonSource:
             self.skipped.append(msg)
             self.skip_reasons[reason] += 1
 
-        for i, ann in enumerate(data["annotations"]):
-            missing = [f for f in REQUIRED["annotations"] if f not in ann]
-            if missing:
-                msg = f"{self.json_path}: annotation {ann.get('id', f'#{i}')} is missing field(s) {missing}"
-                if bad_input == "fail":
-                    raise DataError(msg)
-                self.skipped.append(msg)
-                self.skip_reasons["missing_field"] += 1
-                continue
+        for ann in data["annotations"]:
             image = images.get(ann["image_id"])
             if image is None:
                 bad(ann, "unknown_image", f"unknown image_id {ann['image_id']!r}")
