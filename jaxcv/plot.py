@@ -43,11 +43,22 @@ def _label(v: Any) -> str:
     return str(v)
 
 
-def sweep_points(sweep_dir: str | Path, x: str, y: str, series: str | None = None) -> list[dict[str, Any]]:
+def _matches(value: Any, wanted: str) -> bool:
+    """`--where` comparison: numerically for numbers (`0` matches 0.0), else by the text of the value."""
+    if _numeric(value):
+        try:
+            return math.isclose(float(value), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
+        except ValueError:
+            return False
+    return _label(value) == wanted or str(value) == wanted
+
+
+def sweep_points(sweep_dir: str | Path, x: str, y: str, series: str | None = None,
+                 where: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """[{setting, x, y, std, n, series}] of the finished settings of a sweep directory (mean/std over
-    seeds, as in its results.csv)."""
+    seeds, as in its results.csv); `where` keeps the settings whose swept keys have those values."""
     _, groups, keys, _ = collect(sweep_dir)
-    for k in (x, series):
+    for k in (x, series, *(where or {})):
         if k and k not in keys:
             raise ValueError(f"{k!r} is not a swept key of {sweep_dir}; swept: {', '.join(keys) or 'none'}")
     points = []
@@ -55,6 +66,8 @@ def sweep_points(sweep_dir: str | Path, x: str, y: str, series: str | None = Non
         if y not in g:
             raise ValueError(f"metric {y!r} not in {sweep_dir}'s results")
         if g["num_seeds"] == 0 or not math.isfinite(g[y]):
+            continue
+        if where and not all(_matches(g[k], v) for k, v in where.items()):
             continue
         points.append({"setting": g["setting"], "x": g[x], "y": g[y], "std": g[f"{y}_std"],
                        "n": g["num_seeds"], "series": g[series] if series else None})
@@ -64,11 +77,12 @@ def sweep_points(sweep_dir: str | Path, x: str, y: str, series: str | None = Non
 
 
 def plot_sweep(sweep_dir: str | Path, x: str, y: str, out: str | Path | None = None,
-               series: str | None = None, title: str | None = None) -> Path:
-    """Metric `y` against swept key `x` (points annotated with run names, error bars over seeds)."""
+               series: str | None = None, title: str | None = None, where: dict[str, str] | None = None) -> Path:
+    """Metric `y` against swept key `x` (points annotated with run names, error bars over seeds);
+    `where` ({key: value}) keeps a subset of the settings."""
     plt = _pyplot()
     sweep_dir = Path(sweep_dir)
-    points = sweep_points(sweep_dir, x, y, series)
+    points = sweep_points(sweep_dir, x, y, series, where)
     numeric = all(_numeric(p["x"]) for p in points)
     if not numeric:  # categories in sweep order
         cats: list[str] = []
@@ -77,6 +91,7 @@ def plot_sweep(sweep_dir: str | Path, x: str, y: str, out: str | Path | None = N
                 cats.append(_label(p["x"]))
     fig, ax = plt.subplots(figsize=(7.0, 4.6))
     groups: dict[str, list[dict[str, Any]]] = {}
+    stacked: dict[tuple[float, float], int] = {}
     for p in points:
         groups.setdefault(_label(p["series"]) if series else "", []).append(p)
     for label, pts in groups.items():
@@ -90,8 +105,10 @@ def plot_sweep(sweep_dir: str | Path, x: str, y: str, out: str | Path | None = N
                     fmt="o-" if line else "o", capsize=4, label=f"{series}={label}" if series else None)
         for k, (xi, p) in enumerate(zip(xs, pts, strict=True)):
             note = p["setting"] + (f" (n={p['n']})" if p["n"] > 1 else "")
-            ax.annotate(note, (xi, p["y"]), textcoords="offset points", xytext=(5, 7 if k % 2 == 0 else -12),
-                        fontsize=7)
+            spot = (round(float(xi), 6), round(p["y"], 6))
+            stacked[spot] = stacked.get(spot, -1) + 1  # coincident points: their names one under another
+            dy = (7 if order.index(k) % 2 == 0 else -12) - 10 * stacked[spot]  # alternate along x
+            ax.annotate(note, (xi, p["y"]), textcoords="offset points", xytext=(5, dy), fontsize=7)
     if not numeric:
         ax.set_xticks(range(len(cats)), cats, rotation=15 if max(map(len, cats)) > 8 else 0)
         ax.set_xlim(-0.5, len(cats) - 0.5 + 0.9)  # room for the last annotation
@@ -172,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--y", default="", help="metric, e.g. AP50 (with --curves: comma-separated eval metrics)")
     parser.add_argument("--series", default="", help="swept key drawn as separate lines (optional)")
     parser.add_argument("--title", default="")
+    parser.add_argument("--where", default="", help="keep settings with these swept values: k=v[,k=v]")
     parser.add_argument("--workdirs", default="", help="comma-separated run workdirs (with --curves)")
     parser.add_argument("--curves", action="store_true", help="training curves of --workdirs")
     parser.add_argument("--out", default="", help="output PNG")
@@ -184,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         if not (args.sweep_dir and args.x and args.y):
             parser.error("give --sweep_dir, --x and --y (or --curves --workdirs=...)")
-        out = plot_sweep(args.sweep_dir, args.x, args.y, args.out or None, args.series or None, args.title or None)
+        where = dict(kv.split("=", 1) for kv in args.where.split(",") if kv) if args.where else None
+        out = plot_sweep(args.sweep_dir, args.x, args.y, args.out or None, args.series or None, args.title or None,
+                         where)
     print(f"wrote {out}")
 
 
