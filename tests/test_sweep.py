@@ -88,6 +88,8 @@ def test_results_group_seeds_mean_and_sample_std(tmp_path: Path):
     assert png.stat().st_size > 5000
     pts = plot.sweep_points(d, "loss.gamma", "AP")
     assert [(p["x"], round(p["y"], 6), p["n"]) for p in pts] == [(0.0, 0.2, 3), (2.0, 0.6, 2)]
+    assert [p["setting"] for p in plot.sweep_points(d, "loss.gamma", "AP", where={"loss.gamma": "2"})] == [
+        "loss.gamma=2"]
     with pytest.raises(ValueError, match="not a swept key"):
         plot.plot_sweep(d, "loss.alpha", "AP")
 
