@@ -44,7 +44,7 @@ def write_images(folder: Path) -> list[Path]:
 def test_detection_predict_writes_pictures_and_coco_results(tmp_path: Path):
     workdir = tmp_path / "run"
     paths = write_images(tmp_path / "inputs")
-    c = smoke_config("shapes_retinanet", num_train_steps=2, predict__score_thresh=0.0)
+    c = smoke_config("shapes_retinanet", num_train_steps=2, predict__score_thresh=0.0, postprocess__score_thresh=0.0)
     train.train_and_evaluate(c, workdir)
     with c.unlocked():
         c.predict.inputs = str(tmp_path / "inputs" / "*.png")
