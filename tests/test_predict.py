@@ -76,12 +76,3 @@ def test_segmentation_predict_writes_indexed_mask_and_overlay(tmp_path: Path):
         assert np.asarray(mask).max() < 4  # background + 3 shape classes
         assert Image.open(out / f"{p.stem}_overlay.png").size == mask.size
 
-
-@pytest.mark.slow
-def test_short_segmentation_run_learns(tmp_path: Path):
-    """A short synthetic U-Net run: mIoU (whole split, 4 classes incl. background) clearly above an
-    untrained model's (~0.05-0.2: mostly 'all background')."""
-    c = smoke_config("shapes_unet", num_train_steps=80, batch_size=8, data__num_train=512, data__num_val=32,
-                     log_every=20, checkpoint_every=1000, optimizer__learning_rate=3e-3)
-    metrics = train.train_and_evaluate(c, tmp_path)
-    assert metrics["mIoU"] > 0.35, metrics

@@ -105,8 +105,10 @@ def _worker(spec: str, steps: int, out: Path, devices: int, *overrides: str) -> 
 @pytest.mark.parametrize("name", ["synthetic_classification", "shapes_retinanet", "shapes_unet"])
 def test_eight_devices_equal_one(tmp_path: Path, name: str):
     spec = f"configs/{name}.py:smoke"
-    one = _worker(spec, 3, tmp_path / "one.npz", 1, "batch_size=8")
-    eight = _worker(spec, 3, tmp_path / "eight.npz", 8, "batch_size=8")
+    # SGD: Adam's per-parameter normalization would magnify float reassociation in near-zero gradients.
+    args = ("batch_size=8", "eval_batch_size=8", 'optimizer.name="sgd"', "optimizer.learning_rate=0.01")
+    one = _worker(spec, 3, tmp_path / "one.npz", 1, *args)
+    eight = _worker(spec, 3, tmp_path / "eight.npz", 8, *args)
     assert one["devices"] == 1 and eight["devices"] == 8
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
     p1, p8 = np.load(tmp_path / "one.npz"), np.load(tmp_path / "eight.npz")

@@ -192,7 +192,8 @@ class DetectionTask(Task):
             ex = transform(empty, np.random.default_rng(0))
             det = jax.device_get(fn(variables, ex["image"][None]))
             keep = det["valid"][0] & (det["scores"][0] >= self.config.predict.score_thresh)
-            boxes = det["boxes"][0][keep] / ex["scale"]
+            h, w = image.shape[:2]
+            boxes = np.clip(det["boxes"][0][keep] / ex["scale"], 0, [w, h, w, h])  # padding -> image
             scores, labels = det["scores"][0][keep], det["labels"][0][keep]
             draw_detections(image, boxes, labels, scores, names).save(outdir / f"{Path(path).stem}_det.png")
             for b, s, lab in zip(boxes, scores, labels, strict=True):
