@@ -8,6 +8,8 @@
     python -m jaxcv.sweep --sweep=experiments/anchors/sweep.py --workdir=runs/experiments/anchors
     python -m jaxcv.plot --sweep_dir=runs/experiments/anchors --x=anchors.scales --y=AP \
         --out=experiments/anchors/AP_vs_anchors.png
+    python -m jaxcv.plot --sweep_dir=runs/experiments/anchors --x=anchors.scales --y=AR100 \
+        --out=experiments/anchors/AR100_vs_anchors.png
 """
 
 import importlib.util

@@ -5,12 +5,14 @@ synthetic shapes: gamma in {0, 0.5, 1, 2, 5} with the paper's best alpha for eac
     python -m jaxcv.sweep --sweep=experiments/focal_loss/sweep.py --workdir=runs/experiments/focal_loss
     python -m jaxcv.plot --sweep_dir=runs/experiments/focal_loss --x=loss.gamma --y=AP \
         --out=experiments/focal_loss/AP_vs_gamma.png
+    python -m jaxcv.plot --sweep_dir=runs/experiments/focal_loss --x=loss.alpha --y=AP50 --where=loss.gamma=0 \
+        --out=experiments/focal_loss/AP50_vs_alpha_ce.png
 
 Every detection sweep shares `SMALL` (below): RetinaNet ResNet-18-FPN (32 FPN channels) at 128 px,
 150 steps of batch 8, AdamW 1e-3 with 20 warmup steps, 1024 training / 128 held-out images, and the
 ResNet-18 encoder of the U-Net encoder sweep as its pretrained backbone (the paper starts from
 ImageNet weights; from scratch 150 steps give AP ~0.01, which ranks nothing), so run
-experiments/unet_encoder first.
+experiments/unet_encoder first. Each setting runs with 3 seeds (one run: ~1.5 min on 2 CPU cores).
 """
 
 from jaxcv.sweep import zipped
@@ -26,7 +28,7 @@ SMALL = {
     "schedule.warmup_steps": 20,
     "checkpoint_every": 1000,  # only the final checkpoint
     "log_every": 25,
-    "init_from": "runs/experiments/unet_encoder/model.name=unet_resnet18",
+    "init_from": "runs/experiments/unet_encoder/model.name=unet_resnet18,seed=0",
     "init_prefix": "",  # the U-Net's `backbone/...` parameters land on the RetinaNet's `backbone/...`
 }
 fixed = SMALL
