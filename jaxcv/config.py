@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxcv.ops.conv import CONV_IMPLS
+
 RETINANET_PRESETS = ("torchvision", "tf_model_garden")
 
 
@@ -18,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = ""
     c.seed = 0
     c.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params (mixed precision)
+    c.conv_impl = "auto"  # auto | xla | im2col: convolutions as matmuls on CPU (jaxcv.ops.conv)
     c.model = ml_collections.ConfigDict({"name": ""})
     c.data = ml_collections.ConfigDict(
         {
@@ -218,6 +221,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                     f"{jax.process_count()} process(es) x {jax.local_device_count()} local")
     if config.get("dtype", "float32") not in DTYPES:
         _fail("dtype", config.dtype, f"unknown; known: {', '.join(DTYPES)}")
+    if config.get("conv_impl", "auto") not in CONV_IMPLS:
+        _fail("conv_impl", config.conv_impl, f"unknown; known: {', '.join(CONV_IMPLS)}")
     data = config.get("data") or {}
     if data.get("bad_input", "fail") not in ("fail", "skip"):
         _fail("data.bad_input", data.bad_input, "must be 'fail' or 'skip'")

@@ -33,6 +33,7 @@ from jaxcv import checkpoint as ckpt
 from jaxcv.config import validate_config
 from jaxcv.data.loader import Loader
 from jaxcv.logs import MetricWriter, Progress
+from jaxcv.ops.conv import set_conv_impl
 from jaxcv.optim import create_optimizer
 from jaxcv.tasks import create_task
 from jaxcv.tasks.base import Task
@@ -142,6 +143,7 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         validate_config(config)  # generic checks, before any dataset is built or anything compiles
+        set_conv_impl(config.get("conv_impl", "auto"))  # read when the steps are traced
         self.config = config
         self.workdir = Path(workdir)
         self.task = create_task(config)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
+from jaxcv.models.layers import Conv
 
 Array = jax.Array
 Dtype = Any
@@ -45,7 +46,7 @@ class SmallCNN(nn.Module):
         conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # He init for ReLU
         for i, width in enumerate(self.widths):
             for j in range(2):
-                x = nn.Conv(
+                x = Conv(
                     width, (3, 3), padding=((1, 1), (1, 1)), use_bias=not self.batch_norm,
                     kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
                     name=f"block{i}_conv{j}",

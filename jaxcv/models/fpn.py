@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcv.models.layers import Conv
+
 Array = jax.Array
 Dtype = Any
 
@@ -58,9 +60,9 @@ class FPN(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    def _conv(self, kernel: int, stride: int, name: str) -> nn.Conv:
+    def _conv(self, kernel: int, stride: int, name: str) -> Conv:
         p = kernel // 2
-        return nn.Conv(
+        return Conv(
             self.out_channels,
             (kernel, kernel),
             strides=(stride, stride),

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
+from jaxcv.models.layers import Conv
 
 Array = jax.Array
 Dtype = Any
@@ -52,8 +53,8 @@ class _Layers(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    def conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
-        return nn.Conv(
+    def conv(self, features: int, kernel: int, stride: int, name: str) -> Conv:
+        return Conv(
             features,
             (kernel, kernel),
             strides=(stride, stride),

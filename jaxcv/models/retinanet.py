@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from jaxcv.models import MODELS
 from jaxcv.models.fpn import FPN
+from jaxcv.models.layers import Conv
 
 Array = jax.Array
 Dtype = Any
@@ -46,7 +47,7 @@ class RetinaNetBranch(nn.Module):
         std001 = nn.initializers.normal(0.01)
         channels = features[0].shape[-1]
         convs = [
-            nn.Conv(
+            Conv(
                 channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=not self.norm, kernel_init=std001,
                 dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv_{i}",
             )
@@ -59,7 +60,7 @@ class RetinaNetBranch(nn.Module):
             )
             for i in range(self.num_convs)
         ] if self.norm else [None] * self.num_convs
-        final = nn.Conv(
+        final = Conv(
             self.num_anchors * self.out_per_anchor, (3, 3), padding=((1, 1), (1, 1)),
             kernel_init=std001, bias_init=nn.initializers.constant(self.final_bias),
             dtype=self.dtype, param_dtype=self.param_dtype, name=self.final_name,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcv.models import MODELS
+from jaxcv.models.layers import Conv
 
 Array = jax.Array
 Dtype = Any
@@ -56,7 +57,7 @@ class ConvBackbone(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         x = jnp.asarray(x, self.dtype)
         for i, width in enumerate(self.widths):
-            x = nn.Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+            x = Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
                         param_dtype=self.param_dtype, name=f"conv{i}")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                              param_dtype=self.param_dtype, name=f"bn{i}")(x)
@@ -165,7 +166,7 @@ class SSDGrid(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def _conv_bn(self, x: Array, stride: int, train: bool, name: str) -> Array:
-        x = nn.Conv(self.channels, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
+        x = Conv(self.channels, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
                     dtype=self.dtype, param_dtype=self.param_dtype, name=f"{name}_conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                          param_dtype=self.param_dtype, name=f"{name}_bn")(x)
@@ -187,10 +188,10 @@ class SSDGrid(nn.Module):
             f = self._conv_bn(f, stride, train, f"grid{i}")
             if f.shape[1:3] != (k, k):
                 f = adaptive_avg_pool2d(f, (k, k))
-            cls = nn.Conv(self.num_anchors * self.num_classes, (3, 3), padding=((1, 1), (1, 1)),
+            cls = Conv(self.num_anchors * self.num_classes, (3, 3), padding=((1, 1), (1, 1)),
                           kernel_init=std001, bias_init=nn.initializers.constant(-math.log((1 - p) / p)),
                           dtype=self.dtype, param_dtype=self.param_dtype, name=f"cls_{i}")(f)
-            box = nn.Conv(self.num_anchors * 4, (3, 3), padding=((1, 1), (1, 1)), kernel_init=std001,
+            box = Conv(self.num_anchors * 4, (3, 3), padding=((1, 1), (1, 1)), kernel_init=std001,
                           dtype=self.dtype, param_dtype=self.param_dtype, name=f"box_{i}")(f)
             b = x.shape[0]
             cls_out.append(cls.astype(jnp.float32).reshape(b, -1, self.num_classes))

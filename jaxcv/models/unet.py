@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
+from jaxcv.models.layers import Conv
 from jaxcv.models.resnet import RESNET_CONFIGS, ResNet
 
 Array = jax.Array
@@ -61,7 +62,7 @@ class ConvBNReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (3, 3),
             padding=((1, 1), (1, 1)),
@@ -166,7 +167,7 @@ class ResNetUNet(nn.Module):
         y = feats["C5"]
         for i, ((skips, size), ch) in enumerate(zip(plan, self.decoder_channels, strict=True)):
             y = DecoderBlock(ch, self.upsample, dtype=self.dtype, name=f"decoder{i}")(y, skips, size, train)
-        logits = nn.Conv(
+        logits = Conv(
             self.num_classes,
             (3, 3),
             padding=((1, 1), (1, 1)),
@@ -220,7 +221,7 @@ class UNet(nn.Module):
                 self.dtype,
                 name=f"up{level}",
             )(y, [skip], skip.shape[1:3], train)
-        logits = nn.Conv(self.num_classes, (1, 1), kernel_init=he_normal_init, dtype=jnp.float32, name="head")(
+        logits = Conv(self.num_classes, (1, 1), kernel_init=he_normal_init, dtype=jnp.float32, name="head")(
             y.astype(jnp.float32)
         )
         return {"logits": logits}
@@ -251,7 +252,7 @@ class PetsSegmenter(nn.Module):
         if h % 16 or w % 16:
             raise ValueError(f"PetsSegmenter needs H and W divisible by 16, got {h}x{w}")
         init = nn.initializers.glorot_uniform()
-        conv = functools.partial(nn.Conv, padding="SAME", kernel_init=init, dtype=self.dtype)
+        conv = functools.partial(Conv, padding="SAME", kernel_init=init, dtype=self.dtype)
         bn = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype
         )
@@ -284,7 +285,7 @@ class PetsSegmenter(nn.Module):
             y = up2(y)
             y = y + conv(f, (1, 1), name=f"up{i}_residual")(up2(previous))
             previous = y
-        logits = nn.Conv(self.num_classes, (3, 3), padding="SAME", kernel_init=init, dtype=jnp.float32, name="head")(
+        logits = Conv(self.num_classes, (3, 3), padding="SAME", kernel_init=init, dtype=jnp.float32, name="head")(
             y.astype(jnp.float32)
         )
         return {"logits": logits}

@@ -1,0 +1,15 @@
+"""Layers shared by the models."""
+
+from typing import Any
+
+import flax.linen as nn
+
+from jaxcv.ops import conv as conv_ops
+
+
+class Conv(nn.Conv):
+    """`flax.linen.Conv` (same parameters, names and HWIO kernels) whose convolution is
+    `jaxcv.ops.conv.conv_general_dilated`: a slices + matmul form on the CPU, where XLA's own
+    convolution gradients are slow, and XLA's convolution elsewhere (see `jaxcv.ops.conv`)."""
+
+    conv_general_dilated: Any = conv_ops.conv_general_dilated

@@ -1,0 +1,120 @@
+"""Convolution as shifted slices + one matmul ("im2col"), a drop-in `lax.conv_general_dilated`.
+
+Why: XLA:CPU lowers the *gradients* of convolutions poorly. Measured on the 2-core development CPU
+(jax 0.10.2, float32, `benchmarks/README.md` has the table), forward + backward of a 1x1 conv
+[8, 56, 56, 256] -> 64 takes 1220 ms through `lax.conv_general_dilated` and 54 ms as an einsum; a 3x3
+conv on a 2x2 map with 512 channels takes 165 ms forward (6 ms as a matmul). Writing the convolution
+as K*K strided slices concatenated on the channel axis and one `[N, K*K*Cin] x [K*K*Cin, Cout]`
+matmul turns both passes into matmuls, which XLA:CPU runs at near-peak speed; autodiff of slices and
+a matmul is again slices (pads) and matmuls.
+
+`conv_general_dilated` here takes the arguments of `lax.conv_general_dilated` and is passed to
+`flax.linen.Conv(conv_general_dilated=...)` by `jaxcv.models.layers.Conv`. Which path it takes is
+chosen at trace time by `set_conv_impl` (config key `conv_impl`):
+
+- `"auto"` (default): im2col on the CPU backend, XLA's convolution elsewhere (on GPU and TPU the
+  backend's own convolutions are the fast path);
+- `"xla"`: always `lax.conv_general_dilated`;
+- `"im2col"`: always the matmul form (where it applies).
+
+Grouped, dilated or transposed (lhs-dilated) convolutions and layouts other than NHWC/HWIO always
+use XLA. The result equals XLA's to float32 round-off (the sums run in another order); parameters
+keep flax's layout (HWIO kernels), so checkpoints and torchvision interop are unaffected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("auto", "xla", "im2col")
+_NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+_impl = "auto"
+
+
+def set_conv_impl(name: str) -> None:
+    """Selects the convolution implementation for functions traced from now on (a function jit has
+    already traced keeps the form it was traced with)."""
+    global _impl
+    if name not in CONV_IMPLS:
+        raise ValueError(f"conv_impl={name!r}: expected one of {', '.join(CONV_IMPLS)}")
+    _impl = name
+
+
+def get_conv_impl() -> str:
+    return _impl
+
+
+def _is_one(x: Sequence[int] | None) -> bool:
+    return x is None or all(v == 1 for v in x)
+
+
+def im2col_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """2-D convolution as slices + matmul. lhs: [B, H, W, Cin]; rhs: [KH, KW, Cin, Cout] (HWIO);
+    padding: ((top, bottom), (left, right)); returns [B, Ho, Wo, Cout] (NHWC), as XLA would."""
+    kh, kw, cin, cout = rhs.shape
+    sh, sw = strides
+    (pt, pb), (pl, pr) = padding
+    x = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if (pt, pb, pl, pr) != (0, 0, 0, 0) else lhs
+    ho = (x.shape[1] - kh) // sh + 1
+    wo = (x.shape[2] - kw) // sw + 1
+    cols = [
+        x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]  # kh*kw slices [B, Ho, Wo, Cin], in the kernel's (i, j) order
+    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)  # [B, Ho, Wo, KH*KW*Cin]
+    return jnp.einsum(
+        "bhwk,ko->bhwo",
+        patches,
+        rhs.reshape(kh * kw * cin, cout),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """`lax.conv_general_dilated` with the same arguments; 2-D NHWC/HWIO convolutions without
+    grouping or dilation go through `im2col_conv` when `set_conv_impl` says so."""
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) if dimension_numbers else None
+    simple = (
+        lhs.ndim == 4
+        and dn == _NHWC
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and _is_one(lhs_dilation)
+        and _is_one(rhs_dilation)
+    )
+    im2col = _impl == "im2col" or (_impl == "auto" and jax.default_backend() == "cpu")
+    if not (simple and im2col):
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type,
+        )
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    pads = tuple(tuple(p) for p in padding)
+    return im2col_conv(lhs, rhs, tuple(window_strides), pads, precision, preferred_element_type)
