@@ -8,11 +8,43 @@ parameters go, e.g. "backbone"), then scratch.
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import ml_collections
 
 from jaxcv.ops.conv import CONV_IMPLS
 
 RETINANET_PRESETS = ("torchvision", "tf_model_garden")
+
+
+def load_config_file(spec: str | Path, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """`configs/NAME.py[:ARG]` -> the file's `get_config(ARG)`, as `--config=` reads it, with
+    `overrides` ({"data.num_train": 64, ...}) set on existing keys (a new key is a KeyError)."""
+    path, _, arg = str(spec).partition(":")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    with config.unlocked():
+        for key, value in (overrides or {}).items():
+            *parents, leaf = key.split(".")
+            node = config
+            for part in parents:
+                node = node[part]
+            if leaf not in node:
+                raise KeyError(f"config has no key {key!r}")
+            node[leaf] = value
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optimizer.name="sgd"' -> ("optimizer.name", "sgd"): a `key=JSON value` command-line override."""
+    key, _, value = text.partition("=")
+    return key, json.loads(value)
 
 
 def base_config() -> ml_collections.ConfigDict:

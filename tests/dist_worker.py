@@ -11,7 +11,6 @@ line (devices, processes, losses, this process's item indices) and saves the fin
 NUM_PROCESSES=1 runs without jax.distributed (the single-process reference).
 """
 
-import importlib.util
 import json
 import sys
 import tempfile
@@ -23,24 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def load_config(spec: str, overrides: list[str]):
-    """configs file `path[:arg]` with `key.sub=json_value` overrides (types kept)."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("cfg", ROOT / path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-    with config.unlocked():
-        for kv in overrides:
-            key, value = kv.split("=", 1)
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = type(node[leaf])(json.loads(value))
-    return config
-
-
 def run(spec: str, steps: int, out: str | Path, overrides: list[str]) -> dict:
     """Trains `steps` steps of `spec` in this process (distributed or not), saves this process's copy of
     the params to `out` (.npz) and returns a summary."""
@@ -48,9 +29,10 @@ def run(spec: str, steps: int, out: str | Path, overrides: list[str]) -> dict:
     from flax import traverse_util
 
     from jaxcv import checkpoint as ckpt
+    from jaxcv.config import load_config_file, parse_override
     from jaxcv.train import Trainer, _to_global
 
-    config = load_config(spec, overrides)
+    config = load_config_file(ROOT / spec, dict(parse_override(kv) for kv in overrides))
     with tempfile.TemporaryDirectory() as workdir:
         trainer = Trainer(config, workdir)
         state, how = trainer.initial_state(ckpt.Checkpoints(workdir))

@@ -3,7 +3,6 @@
 scenic once shipped a config naming a trainer that did not exist: this test makes that impossible.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from jaxcv.config import load_config_file
 from jaxcv.tasks import create_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,10 +22,7 @@ CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if not p.name.starts
 
 
 def load_config(path: Path, arg: str | None = "smoke"):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config_file(f"{path}:{arg}" if arg else path)
 
 
 def make_user_data(tmp: Path) -> dict[str, str]:

@@ -60,7 +60,8 @@ def test_unsupported_forms_fall_back_to_xla(im2col):
     x = jax.random.normal(jax.random.key(1), (1, 9, 9, 4))
     w = jax.random.normal(jax.random.key(2), (3, 3, 2, 4))
     args = dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    for extra in ({"rhs_dilation": (2, 2), "feature_group_count": 2}, {"lhs_dilation": (2, 2), "feature_group_count": 2}):
+    for extra in ({"rhs_dilation": (2, 2), "feature_group_count": 2},
+                  {"lhs_dilation": (2, 2), "feature_group_count": 2}):
         np.testing.assert_array_equal(
             conv_ops.conv_general_dilated(x, w, **args, **extra), jax.lax.conv_general_dilated(x, w, **args, **extra)
         )

@@ -1,7 +1,6 @@
 """`--mode=predict` on image files: drawn boxes + COCO results JSON (detection), indexed mask PNG + overlay
 (segmentation), from a workdir trained for a few steps."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,23 +9,14 @@ import pytest
 from PIL import Image
 
 from jaxcv import train
+from jaxcv.config import load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def smoke_config(name: str, **overrides):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("smoke")
-    with c.unlocked():
-        for k, v in overrides.items():
-            node = c
-            *parents, leaf = k.split("__")
-            for p in parents:
-                node = node[p]
-            node[leaf] = v
-    return c
+    """configs/NAME.py:smoke with overrides given as key__sub=value."""
+    return load_config_file(f"{ROOT}/configs/{name}.py:smoke", {k.replace("__", "."): v for k, v in overrides.items()})
 
 
 def write_images(folder: Path) -> list[Path]:

@@ -1,7 +1,6 @@
 """The teaching detectors: largest-object localization (task, metric, model) and the SSD-style grid
 detector (anchor count and layout, bce/focal switch), each config trained a few steps and evaluated."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxcv.config import load_config_file
 from jaxcv.data.loader import Loader
 from jaxcv.models import create_model
 from jaxcv.models.simple_detectors import relative_boxes
@@ -35,10 +35,7 @@ def rbg_key(seed: int) -> jax.Array:
 
 
 def load_config(name: str, arg: str | None = "smoke"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config_file(f"{ROOT}/configs/{name}.py" + (f":{arg}" if arg else ""))
 
 
 # ---- localization: metric, targets, transform --------------------------------------------------

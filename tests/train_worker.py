@@ -4,7 +4,6 @@ fresh process, e.g. with 8 forced CPU devices: XLA_FLAGS=--xla_force_host_platfo
     python tests/train_worker.py CONFIG_PATH[:ARG] STEPS OUT.npz [key=value ...]
 """
 
-import importlib.util
 import json
 import sys
 import tempfile
@@ -17,28 +16,13 @@ from flax import traverse_util
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxcv import checkpoint as ckpt  # noqa: E402
+from jaxcv.config import load_config_file, parse_override  # noqa: E402
 from jaxcv.train import TRACE_COUNTS, Trainer, _to_global  # noqa: E402
-
-
-def load_config(spec: str):
-    path, _, arg = spec.partition(":")
-    s = importlib.util.spec_from_file_location("cfg", path)
-    m = importlib.util.module_from_spec(s)
-    s.loader.exec_module(m)
-    return m.get_config(arg or None)
 
 
 def main() -> None:
     spec, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    config = load_config(spec)
-    with config.unlocked():
-        for kv in sys.argv[4:]:
-            key, value = kv.split("=", 1)
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = type(node[leaf])(json.loads(value))
+    config = load_config_file(spec, dict(parse_override(kv) for kv in sys.argv[4:]))
     with tempfile.TemporaryDirectory() as workdir:
         trainer = Trainer(config, workdir)
         state, _ = trainer.initial_state(ckpt.Checkpoints(workdir))
