@@ -1,6 +1,5 @@
 """The trainer end to end: learning, outputs, resume, NaN guard, multi-device equality, one compile."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,24 +12,16 @@ import pytest
 
 from jaxcv import checkpoint as ckpt
 from jaxcv import train
+from jaxcv.config import load_config_file
 from jaxcv.logs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(name: str, arg: str | None = "smoke", **overrides):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(arg)
-    with c.unlocked():
-        for key, value in overrides.items():
-            node = c
-            *parents, leaf = key.split("__")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return c
+    """configs/NAME.py[:arg] with overrides given as key__sub=value."""
+    spec = f"{ROOT}/configs/{name}.py" + (f":{arg}" if arg else "")
+    return load_config_file(spec, {k.replace("__", "."): v for k, v in overrides.items()})
 
 
 def final_params(workdir: Path) -> dict[str, np.ndarray]:
@@ -55,6 +46,17 @@ def test_classification_learns_and_writes_outputs(tmp_path: Path, monkeypatch):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert json.loads((tmp_path / "eval/metrics.json").read_text())["accuracy"] == pytest.approx(metrics["accuracy"])
     assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 80
+
+
+@pytest.mark.slow
+def test_segmentation_learns(tmp_path: Path):
+    """150 steps of configs/shapes_unet.py (U-Net-ResNet-18 from scratch, 64 px, 4 classes). Any constant
+    prediction scores mIoU <= 1/4 (one class with IoU <= 1, three with 0), so mIoU > 0.27 means the
+    model segments shapes. Measured on the dev CPU: mIoU 0.300 after 150 steps."""
+    c = config("shapes_unet", None, num_train_steps=150, log_every=50, checkpoint_every=1000,
+               schedule__warmup_steps=15)
+    metrics = train.train_and_evaluate(c, tmp_path)
+    assert metrics["mIoU"] > 0.27, metrics
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path):
