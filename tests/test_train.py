@@ -104,12 +104,13 @@ def _worker(spec: str, steps: int, out: Path, devices: int, *overrides: str) -> 
 
 
 @pytest.mark.slow
-# RetinaNet: losses agree to 1e-5, but after 3 steps its parameters differ by up to 1.5e-4 absolute (e.g. the
-# stem conv kernel), more than float32 reassociation alone explains: an open question tracked in the
-# reliability issue, so only its losses are compared here.
-@pytest.mark.parametrize("name, compare_params", [("synthetic_classification", True), ("shapes_retinanet", False),
-                                                  ("shapes_unet", True)])
-def test_eight_devices_equal_one(tmp_path: Path, name: str, compare_params: bool):
+# RetinaNet's parameters drift further apart than the others' (float32, 3 SGD steps): up to 8.4e-5 between 8 and 1
+# devices, and the 8-device program alone moves them by 1.7e-4 when only the convolution's summation order changes
+# (conv_impl xla vs im2col; 1.7e-5 on one device). Both runs are deterministic, so this is round-off the 8-way
+# program amplifies (unexplained so far: see the reliability issue), hence its 5e-4 bound.
+@pytest.mark.parametrize("name, param_atol", [("synthetic_classification", 5e-5), ("shapes_retinanet", 5e-4),
+                                              ("shapes_unet", 5e-5)])
+def test_eight_devices_equal_one(tmp_path: Path, name: str, param_atol: float):
     spec = f"configs/{name}.py:smoke"
     # SGD: Adam's per-parameter normalization would magnify float reassociation in near-zero gradients.
     args = ("batch_size=8", "eval_batch_size=8", 'optimizer.name="sgd"', "optimizer.learning_rate=0.01")
@@ -119,7 +120,8 @@ def test_eight_devices_equal_one(tmp_path: Path, name: str, compare_params: bool
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
     p1, p8 = np.load(tmp_path / "one.npz"), np.load(tmp_path / "eight.npz")
     # Parameters: 8-way sharded reductions reassociate float32 sums; BatchNorm biases sum B*H*W cancelling
-    # gradient terms and end up to ~2e-5 apart (values ~3e-4), hence the looser absolute bound.
-    for k in p1.files if compare_params else []:
-        np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=5e-5, err_msg=k)
+    # gradient terms and end up to ~2e-5 apart (values ~3e-4), hence the absolute bound.
+    assert set(p8.files) == set(p1.files)
+    for k in p1.files:
+        np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=param_atol, err_msg=k)
     assert one["compiles"] == 1 and eight["compiles"] == 1
