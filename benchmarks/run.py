@@ -33,7 +33,6 @@ Cases (all SGD momentum 0.9 unless said, random inputs, parameters and optimizer
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -47,6 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from detection import _emit as emit  # benchmarks/detection.py, beside this script
+from detection import _stats as stats
+from detection import random_gt
 
 from jaxcv.config import load_config_file
 from jaxcv.losses import retinanet_loss, segmentation_cross_entropy
@@ -59,15 +61,6 @@ from jaxcv.ops.postprocess import retinanet_postprocess
 CASES = ("resnet50_train", "retinanet_train", "unet34_train", "retinanet_infer", "pipeline")
 ROOT = Path(__file__).resolve().parents[1]
 Step = Callable[[], Any]
-
-
-def emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record), flush=True)
-
-
-def stats(times: list[float]) -> dict[str, Any]:
-    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-            "max_s": round(max(times), 4), "runs": len(times)}
 
 
 def peak_rss_mb() -> float:
@@ -115,14 +108,6 @@ def alternate(ours: Step, peer: Step | None, warmup: int, repeats: int) -> tuple
     return t_ours, t_peer
 
 
-def random_gt(rng: np.random.Generator, batch: int, num: int, size: int, classes: int = 91):
-    """boxes [B, num, 4] xyxy pixels (sides 16..size/2) inside the image; labels [B, num]; mask [B, num]."""
-    wh = rng.uniform(16, size / 2, (batch, num, 2))
-    xy = rng.uniform(0, 1, (batch, num, 2)) * (size - wh)
-    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
-    return boxes, rng.integers(0, classes, (batch, num)).astype(np.int32), np.ones((batch, num), bool)
-
-
 # ------------------------------------------------------------------------------------------------
 # jaxcv steps: (step closure, info)
 # ------------------------------------------------------------------------------------------------
@@ -154,7 +139,8 @@ def jax_retinanet_train(dtype: Any, batch: int = 2, size: int = 512, gts: int = 
     anchors, _ = generate_anchors((size, size))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
-    boxes, labels, mask = random_gt(rng, batch, gts, size)
+    boxes, labels = random_gt(rng, batch, gts, size)
+    mask = np.ones(labels.shape, bool)
     v = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x[:1])
     stats_ = v["batch_stats"]
     tx = optax.sgd(0.01, momentum=0.9)
@@ -178,7 +164,8 @@ def jax_retinanet_train(dtype: Any, batch: int = 2, size: int = 512, gts: int = 
 def jax_matching(batch: int, size: int, gts: int) -> tuple[Step, dict[str, Any]]:
     """Matching + target encoding alone (what retinanet_loss does before the losses)."""
     anchors, _ = generate_anchors((size, size))
-    boxes, labels, mask = random_gt(np.random.default_rng(0), batch, gts, size)
+    boxes, labels = random_gt(np.random.default_rng(0), batch, gts, size)
+    mask = np.ones(labels.shape, bool)
     compiled, info = compile_step(lambda b, lab, m: detection_targets(anchors, b, lab, m), boxes, labels, mask)
     return (lambda: jax.block_until_ready(compiled(boxes, labels, mask))), {**info, "anchors": len(anchors)}
 
@@ -257,7 +244,7 @@ def torch_peer(case: str, bf16: bool) -> tuple[Step | None, dict[str, Any]]:
 
             return infer, info
         model.train()
-        boxes, labels, _ = random_gt(rng, 2, 5, 512)
+        boxes, labels = random_gt(rng, 2, 5, 512)
         targets = [{"boxes": torch.from_numpy(boxes[i]), "labels": torch.from_numpy(labels[i]).long()}
                    for i in range(2)]
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
