@@ -116,17 +116,26 @@ def random_nms_boxes(n: int = 10_000, seed: int = 0) -> tuple[np.ndarray, np.nda
 # ------------------------------------------------------------------------------------------------
 
 
-def bench_retinanet(args: argparse.Namespace, which: set[str]) -> dict[str, float]:
-    """retinanet_train and/or retinanet_infer; returns {name: median seconds}."""
-    size, batch = args.size, args.batch
-    model = create_model("retinanet", num_classes=NUM_CLASSES, backbone="resnet50")
+def retinanet_setup(batch: int, size: int, gts: int = GT_PER_IMAGE, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """RetinaNet-R50-FPN (NUM_CLASSES) with its variables, anchors [A, 4] and per-level counts, random
+    images [B, S, S, 3] and `gts` random gt boxes/labels/mask per image (shared with run.py)."""
+    model = create_model("retinanet", num_classes=NUM_CLASSES, backbone="resnet50", dtype=dtype)
     anchors, per_level = generate_anchors((size, size))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
-    boxes, labels = random_gt(rng, batch, GT_PER_IMAGE, size)
-    mask = np.ones(labels.shape, bool)
+    boxes, labels = random_gt(rng, batch, gts, size)
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images[:1])
-    params, batch_stats = variables["params"], variables["batch_stats"]
+    return {"model": model, "variables": variables, "anchors": anchors, "per_level": per_level, "images": images,
+            "boxes": boxes, "labels": labels, "mask": np.ones(labels.shape, bool)}
+
+
+def bench_retinanet(args: argparse.Namespace, which: set[str]) -> dict[str, float]:
+    """retinanet_train and/or retinanet_infer; returns {name: median seconds}."""
+    size, batch = args.size, args.batch
+    r = retinanet_setup(batch, size)
+    model, anchors, per_level, images = r["model"], r["anchors"], r["per_level"], r["images"]
+    boxes, labels, mask = r["boxes"], r["labels"], r["mask"]
+    params, batch_stats = r["variables"]["params"], r["variables"]["batch_stats"]
     out: dict[str, float] = {}
     common = {"batch": batch, "size": size, "classes": NUM_CLASSES, "backend": jax.default_backend(),
               "device": str(jax.devices()[0].device_kind)}

@@ -48,7 +48,7 @@ import numpy as np
 import optax
 from detection import _emit as emit  # benchmarks/detection.py, beside this script
 from detection import _stats as stats
-from detection import random_gt
+from detection import random_gt, retinanet_setup
 
 from jaxcv.config import load_config_file
 from jaxcv.losses import retinanet_loss, segmentation_cross_entropy
@@ -135,13 +135,9 @@ def jax_resnet50(dtype: Any, batch: int = 8, size: int = 224) -> tuple[Step, dic
 
 
 def jax_retinanet_train(dtype: Any, batch: int = 2, size: int = 512, gts: int = 5) -> tuple[Step, dict[str, Any]]:
-    model = create_model("retinanet", num_classes=91, backbone="resnet50", dtype=dtype)
-    anchors, _ = generate_anchors((size, size))
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
-    boxes, labels = random_gt(rng, batch, gts, size)
-    mask = np.ones(labels.shape, bool)
-    v = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x[:1])
+    r = retinanet_setup(batch, size, gts, dtype)
+    model, anchors, x, v = r["model"], r["anchors"], r["images"], r["variables"]
+    boxes, labels, mask = r["boxes"], r["labels"], r["mask"]
     stats_ = v["batch_stats"]
     tx = optax.sgd(0.01, momentum=0.9)
 
@@ -193,10 +189,8 @@ def jax_unet34(dtype: Any, batch: int = 4, size: int = 256, classes: int = 3) ->
 
 
 def jax_retinanet_infer(dtype: Any, batch: int = 2, size: int = 512) -> tuple[Step, dict[str, Any]]:
-    model = create_model("retinanet", num_classes=91, backbone="resnet50", dtype=dtype)
-    anchors, per_level = generate_anchors((size, size))
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, 3)), jnp.float32)
-    v = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x[:1])
+    r = retinanet_setup(batch, size, dtype=dtype)
+    model, anchors, per_level, x, v = r["model"], r["anchors"], r["per_level"], r["images"], r["variables"]
 
     def infer(v, x):
         o = model.apply(v, x, train=False)
