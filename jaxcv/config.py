@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = ""
     c.seed = 0
-    c.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params (mixed precision)
+    c.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params (mixed precision); "float64" checks numerics
     c.conv_impl = "auto"  # auto | xla | im2col: convolutions as matmuls on CPU (jaxcv.ops.conv)
     c.model = ml_collections.ConfigDict({"name": ""})
     c.data = ml_collections.ConfigDict(
@@ -205,7 +205,8 @@ def classification_config() -> ml_collections.ConfigDict:
 # Validation
 # --------------------------------------------------------------------------------------------------
 
-DTYPES = ("float32", "bfloat16", "float16")
+# float64 checks numerics: the float32 init, then params and compute in float64; needs JAX_ENABLE_X64=1.
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 BOX_LOSSES = ("l1", "smooth_l1", "giou")  # jaxcv.losses.retinanet_loss
 LOSS_NORMALIZERS = ("per_image", "global")
 
@@ -253,6 +254,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                     f"{jax.process_count()} process(es) x {jax.local_device_count()} local")
     if config.get("dtype", "float32") not in DTYPES:
         _fail("dtype", config.dtype, f"unknown; known: {', '.join(DTYPES)}")
+    if config.get("dtype") == "float64" and not jax.config.jax_enable_x64:
+        _fail("dtype", config.dtype, "needs 64-bit JAX: set JAX_ENABLE_X64=1 in the environment")
     if config.get("conv_impl", "auto") not in CONV_IMPLS:
         _fail("conv_impl", config.conv_impl, f"unknown; known: {', '.join(CONV_IMPLS)}")
     data = config.get("data") or {}

@@ -18,6 +18,13 @@ from jaxcv.ops.matching import detection_targets
 
 Array = jnp.ndarray
 
+
+def upcast(x: Array) -> Array:
+    """`x` in float32 or wider. Losses of half-precision outputs (bfloat16 mixed precision) are computed in
+    float32; float64 (config `dtype="float64"`, a precision for checking numerics) stays float64."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
 # ----------------------------------------------------------------------------------------------
 # Classification
 # ----------------------------------------------------------------------------------------------
@@ -27,7 +34,7 @@ def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float =
     """logits [..., K], integer labels [...] -> per-example loss [...] (reduction none).
 
     With label_smoothing e the target is (1 - e) * one_hot + e / K, as torch `CrossEntropyLoss`."""
-    logits = logits.astype(jnp.float32)
+    logits = upcast(logits)
     if label_smoothing == 0.0:
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
@@ -37,7 +44,7 @@ def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float =
 def sigmoid_binary_cross_entropy(logits: Array, targets: Array) -> Array:
     """Elementwise BCE on logits (torch `binary_cross_entropy_with_logits`, reduction none);
     targets in [0, 1] with the shape of logits (multi-label classification)."""
-    return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets.astype(jnp.float32))
+    return optax.sigmoid_binary_cross_entropy(upcast(logits), upcast(targets))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,8 +55,8 @@ def sigmoid_binary_cross_entropy(logits: Array, targets: Array) -> Array:
 def sigmoid_focal_loss(logits: Array, targets: Array, alpha: float = 0.25, gamma: float = 2.0) -> Array:
     """Elementwise focal loss (Lin et al. 2017), torchvision `sigmoid_focal_loss` with reduction none:
     BCE * (1 - p_t) ** gamma, times alpha_t = alpha*t + (1-alpha)*(1-t) unless alpha < 0."""
-    logits = logits.astype(jnp.float32)
-    targets = targets.astype(jnp.float32)
+    logits = upcast(logits)
+    targets = upcast(targets)
     p = jax.nn.sigmoid(logits)
     ce = optax.sigmoid_binary_cross_entropy(logits, targets)
     p_t = p * targets + (1 - p) * (1 - targets)
@@ -133,7 +140,7 @@ def retinanet_loss(
     focal = sigmoid_focal_loss(cls_logits, onehot, alpha, gamma).sum(-1)  # [B, A]
     cls_sum = jnp.where(valid, focal, 0.0).sum(-1)  # [B]
 
-    box_regression = box_regression.astype(jnp.float32)
+    box_regression = upcast(box_regression)
     if box_loss == "giou":
         pred_boxes = coder.decode(box_regression, anchors[None])
         target_boxes = coder.decode(t["box_targets"], anchors[None])
@@ -181,7 +188,7 @@ def segmentation_cross_entropy(
     ignore_index=...)` with reduction="mean": sum_i(w[y_i] * nll_i) / sum_i(w[y_i]) over valid pixels.
     Unlike torch (NaN), a batch with no valid pixel gives 0.
     """
-    logits = logits.astype(jnp.float32)
+    logits = upcast(logits)
     valid, safe = _valid_and_safe_labels(labels, ignore_index)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)  # [B, H, W]
     w = valid.astype(jnp.float32)
@@ -206,7 +213,7 @@ def soft_dice_loss(
     classes neither dilute nor dominate the loss (smp's DiceLoss zeroes them but keeps them in the
     mean); otherwise over all K classes. 0 for a perfect confident prediction, ~1 for disjoint masks.
     """
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [B, H, W, K]
+    probs = jax.nn.softmax(upcast(logits), axis=-1)  # [B, H, W, K]
     valid, safe = _valid_and_safe_labels(labels, ignore_index)
     vmask = valid[..., None].astype(jnp.float32)
     target = jax.nn.one_hot(safe, num_classes, dtype=jnp.float32) * vmask  # [B, H, W, K]
@@ -246,7 +253,7 @@ def _binary_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
         logits = logits[..., 0]
     if logits.shape != labels.shape:
         raise ValueError(f"binary logits {logits.shape} do not match labels {labels.shape}")
-    return logits.astype(jnp.float32)
+    return upcast(logits)
 
 
 def binary_segmentation_cross_entropy(

@@ -75,8 +75,10 @@ def create_train_state(
 
     def init(key):
         variables = model.init({"params": key, "dropout": key}, jnp.asarray(task.dummy_input()), train=False)
-        params = variables["params"]
-        return params, variables.get("batch_stats", {})
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        if config.get("dtype") == "float64":  # checking numerics: the float32 run's init, then all in float64
+            params, batch_stats = jax.tree.map(lambda x: x.astype(jnp.float64), (params, batch_stats))
+        return params, batch_stats
 
     replicated = NamedSharding(mesh, P())
     params, batch_stats = jax.jit(init, out_shardings=replicated)(init_rng)

@@ -643,6 +643,7 @@ BAD_CONFIGS = [
     ("synthetic_classification", {"schedule__name": "cosinus"}, r"schedule\.name='cosinus'.*known"),
     ("synthetic_classification", {"log_every": 0}, r"config\.log_every=0: must be >= 1"),
     ("synthetic_classification", {"dtype": "float8"}, r"config\.dtype='float8'"),
+    ("synthetic_classification", {"dtype": "float64"}, r"config\.dtype='float64': needs 64-bit JAX"),
     ("synthetic_classification", {"data__bad_input": "ignore"}, r"data\.bad_input='ignore'"),
     ("shapes_unet", {"data__num_classes": 9}, r"data\.num_classes=9 but dataset 'shapes_segmentation' has 4"),
     ("synthetic_classification", {"freeze": ("backbonee",)}, r"prefix 'backbonee' matches no parameter path"),

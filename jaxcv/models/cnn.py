@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
-from jaxcv.models.layers import Conv
+from jaxcv.models.layers import Conv, output_dtype
 
 Array = jax.Array
 Dtype = Any
@@ -58,13 +58,14 @@ class SmallCNN(nn.Module):
                     )(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = x.astype(jnp.float32)
+        wide = output_dtype(self.dtype)
+        x = x.astype(wide)
         x = jnp.mean(x, axis=(1, 2)) if self.pool == "avg" else x.reshape(x.shape[0], -1)
         features = nn.relu(
             nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden")(x)
-        ).astype(jnp.float32)
+        ).astype(wide)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
-        logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype, name="head")(h)
+        logits = nn.Dense(self.num_classes, dtype=wide, param_dtype=self.param_dtype, name="head")(h)
         return {"logits": logits, "features": features}
 
 

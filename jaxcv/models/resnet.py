@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
-from jaxcv.models.layers import Conv
+from jaxcv.models.layers import Conv, output_dtype
 
 Array = jax.Array
 Dtype = Any
@@ -167,12 +167,12 @@ class ResNet(_Layers):
             out[f"C{i + 2}"] = x
         if self.num_classes > 0:
             # Pool and classify in float32 so logits are float32 even with bf16 compute.
-            pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+            pooled = jnp.mean(x.astype(output_dtype(self.dtype)), axis=(1, 2))
             out["logits"] = nn.Dense(
                 self.num_classes,
                 kernel_init=torch_linear_kernel_init,
                 bias_init=torch_linear_bias_init(pooled.shape[-1]),
-                dtype=jnp.float32,
+                dtype=pooled.dtype,
                 param_dtype=self.param_dtype,
                 name="fc",
             )(pooled)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxcv.models import MODELS
 from jaxcv.models.fpn import FPN
-from jaxcv.models.layers import Conv
+from jaxcv.models.layers import Conv, output_dtype
 
 Array = jax.Array
 Dtype = Any
@@ -72,7 +72,8 @@ class RetinaNetBranch(nn.Module):
                 if norm is not None:
                     x = norm(x)
                 x = nn.relu(x)
-            y = final(x).astype(jnp.float32)  # [B, h, w, A * K], channel = a * K + k as torch's view
+            y = final(x)  # [B, h, w, A * K], channel = a * K + k as torch's view
+            y = y.astype(output_dtype(y.dtype))
             outs.append(y.reshape(y.shape[0], -1, self.out_per_anchor))
         return jnp.concatenate(outs, axis=1)
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
-from jaxcv.models.layers import Conv
+from jaxcv.models.layers import Conv, output_dtype
 from jaxcv.models.resnet import RESNET_CONFIGS, ResNet
 
 Array = jax.Array
@@ -172,9 +172,9 @@ class ResNetUNet(nn.Module):
             (3, 3),
             padding=((1, 1), (1, 1)),
             kernel_init=head_conv_init,
-            dtype=jnp.float32,
+            dtype=output_dtype(self.dtype),
             name="head",
-        )(y.astype(jnp.float32))
+        )(y.astype(output_dtype(self.dtype)))
         return {"logits": logits}
 
 
@@ -221,9 +221,8 @@ class UNet(nn.Module):
                 self.dtype,
                 name=f"up{level}",
             )(y, [skip], skip.shape[1:3], train)
-        logits = Conv(self.num_classes, (1, 1), kernel_init=he_normal_init, dtype=jnp.float32, name="head")(
-            y.astype(jnp.float32)
-        )
+        wide = output_dtype(self.dtype)
+        logits = Conv(self.num_classes, (1, 1), kernel_init=he_normal_init, dtype=wide, name="head")(y.astype(wide))
         return {"logits": logits}
 
 

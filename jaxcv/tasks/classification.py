@@ -18,6 +18,7 @@ import optax
 
 from jaxcv.data.base import load_image
 from jaxcv.evaluation import classification as cls_eval
+from jaxcv.losses import upcast
 from jaxcv.tasks import TASKS
 from jaxcv.tasks.base import Evaluator, Task
 
@@ -67,7 +68,7 @@ class ClassificationTask(Task):
         return kwargs
 
     def loss(self, outputs, batch):
-        logits = outputs["logits"].astype(jnp.float32)
+        logits = upcast(outputs["logits"])
         if self.multilabel:
             loss = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean()
             return loss, {}

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxcv.data.base import load_image
 from jaxcv.evaluation.coco import coco_evaluate
-from jaxcv.losses import retinanet_loss
+from jaxcv.losses import retinanet_loss, upcast
 from jaxcv.ops.anchors import AnchorConfig, generate_anchors, grid_anchors
 from jaxcv.ops.postprocess import retinanet_postprocess
 from jaxcv.tasks import TASKS
@@ -139,8 +139,8 @@ class DetectionTask(Task):
             cat_ids = jnp.asarray(label_to_category_id(self.source("train")), jnp.int32)
             labels = jnp.where(batch["box_mask"], cat_ids[jnp.clip(labels, 0, len(cat_ids) - 1)], labels)
         terms = retinanet_loss(
-            outputs["cls_logits"].astype(jnp.float32),
-            outputs["bbox_regression"].astype(jnp.float32),
+            upcast(outputs["cls_logits"]),
+            upcast(outputs["bbox_regression"]),
             self.anchors,
             batch["boxes"],
             labels,

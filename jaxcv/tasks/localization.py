@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from jaxcv.data.base import load_image, normalize
-from jaxcv.losses import softmax_cross_entropy
+from jaxcv.losses import softmax_cross_entropy, upcast
 from jaxcv.tasks import TASKS
 from jaxcv.tasks.base import Evaluator, Task
 
@@ -113,8 +113,8 @@ class LocalizationTask(Task):
 
     def loss(self, outputs, batch):
         lc = self.config.get("loss", {}) or {}
-        boxes = outputs["boxes"].astype(jnp.float32)  # [B, 4]
-        logits = outputs["logits"].astype(jnp.float32)  # [B, K]
+        boxes = upcast(outputs["boxes"])  # [B, 4]
+        logits = upcast(outputs["logits"])  # [B, K]
         m = batch["has_box"].astype(jnp.float32)  # [B]
         denom = jnp.maximum(m.sum(), 1.0)
         ce = softmax_cross_entropy(logits, batch["label"])  # [B]

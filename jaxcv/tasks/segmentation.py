@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxcv.data.base import IGNORE_INDEX, load_image
 from jaxcv.evaluation.segmentation import ConfusionMatrix
-from jaxcv.losses import segmentation_cross_entropy, soft_dice_loss
+from jaxcv.losses import segmentation_cross_entropy, soft_dice_loss, upcast
 from jaxcv.tasks import TASKS
 from jaxcv.tasks.base import Evaluator, Task
 
@@ -62,7 +62,7 @@ class SegmentationTask(Task):
 
     def loss(self, outputs, batch):
         lc = self.config.loss
-        logits = outputs["logits"].astype(jnp.float32)
+        logits = upcast(outputs["logits"])
         mask = batch["mask"]
         weights = lc.get("class_weights")
         terms: dict[str, jax.Array] = {}
