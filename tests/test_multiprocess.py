@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = os.environ.get("JAXCV_TEST_CACHE", str(ROOT / ".jax_cache"))
@@ -31,7 +32,7 @@ def free_port() -> int:
 
 def env() -> dict[str, str]:
     e = dict(os.environ, JAX_PLATFORMS="cpu", JAXCV_COMPILATION_CACHE=CACHE, PYTHONUNBUFFERED="1")
-    e.pop("XLA_FLAGS", None)  # one CPU device per process
+    e["XLA_FLAGS"] = xla_flags()  # one CPU device per process
     return e
 
 

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import xla_flags
 from flax import traverse_util
 from PIL import Image
 
@@ -704,7 +705,7 @@ def test_batch_size_not_divisible_by_devices(tmp_path: Path, monkeypatch):
     ids=["unknown_key", "unknown_nested_key", "wrong_type", "wrong_type_tuple", "indivisible_batch"],
 )
 def test_cli_config_errors_name_the_key(tmp_path: Path, flag, devices, message):
-    proc = run_main(tmp_path, flag, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    proc = run_main(tmp_path, flag, XLA_FLAGS=xla_flags(devices))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert re.search(message, proc.stderr), proc.stderr
     assert "Traceback" not in proc.stderr

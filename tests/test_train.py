@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from jaxcv import checkpoint as ckpt
 from jaxcv import train
@@ -53,9 +54,15 @@ def test_segmentation_learns(tmp_path: Path):
     """150 steps of configs/shapes_unet.py (U-Net-ResNet-18 from scratch, 64 px, 4 classes). Any constant
     prediction scores mIoU <= 1/4 (one class with IoU <= 1, three with 0), so mIoU > 0.27 means the
     model segments shapes. Measured on the dev CPU: mIoU 0.300 after 150 steps."""
-    c = config("shapes_unet", None, num_train_steps=150, log_every=50, checkpoint_every=1000,
-               schedule__warmup_steps=15)
-    metrics = train.train_and_evaluate(c, tmp_path)
+    # The README's command line, in a process of its own at full XLA optimization (a training run, not compile-bound).
+    cmd = [sys.executable, "-m", "jaxcv.main", "--config=configs/shapes_unet.py", f"--workdir={tmp_path}",
+           "--config.num_train_steps=150", "--config.log_every=50", "--config.checkpoint_every=1000",
+           "--config.schedule.warmup_steps=15"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", JAXCV_COMPILATION_CACHE=os.environ.get(
+        "JAXCV_TEST_CACHE", str(ROOT / ".jax_cache")))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["mIoU"] > 0.27, metrics
 
 
@@ -94,11 +101,11 @@ def test_skip_nonfinite_keeps_params_finite(tmp_path: Path):
 
 
 def _workers(spec: str, steps: int, runs: dict[str, int], *overrides: str, x64: bool = False) -> dict[str, dict]:
-    """Runs tests/train_worker.py once per `runs` entry (name -> forced CPU device count), all at once (their
-    compilations are single-threaded); returns each run's JSON report, its params saved as out_dir/NAME.npz."""
+    """Runs tests/train_worker.py once per `runs` entry (.npz path for its final params -> forced CPU device
+    count), all at once (their compilations are single-threaded); returns each run's JSON report by path."""
     procs = {}
     for name, devices in runs.items():
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+        env = dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu",
                    JAX_ENABLE_X64="1" if x64 else "0")
         cmd = [sys.executable, str(ROOT / "tests" / "train_worker.py"), spec, str(steps), name, *overrides]
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
