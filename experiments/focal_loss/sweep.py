@@ -24,6 +24,9 @@ SMALL = {
     "model.fpn_channels": 32,
     "data.num_train": 1024,
     "data.num_val": 128,
+    "data.min_objects": 1,  # the scenes of these runs (the main job's config has busier ones since)
+    "data.max_objects": 4,
+    "data.min_size": 16.0,
     "batch_size": 8,
     "schedule.warmup_steps": 20,
     "checkpoint_every": 1000,  # only the final checkpoint
