@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcv.models.layers import output_dtype
 from jaxcv.ops.boxes import BoxCoder
 from jaxcv.ops.matching import detection_targets
 
@@ -23,7 +24,7 @@ def upcast(x: Array) -> Array:
     """`x` in float32 or wider. Losses of half-precision outputs (bfloat16 mixed precision) are computed in
     float32; float64 (config `dtype="float64"`, a precision for checking numerics) stays float64."""
     x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x.astype(output_dtype(x.dtype))
 
 # ----------------------------------------------------------------------------------------------
 # Classification

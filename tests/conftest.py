@@ -5,7 +5,7 @@ from pathlib import Path
 
 # The suite is compile-bound: XLA:CPU with LLVM at -O0 compiles about twice as fast (ResNet-18 train step
 # 16.8 -> 8.3 s) and runs about half as fast, a win for every test but long training runs, which start their
-# own process at full optimization (`full_opt_env`). JAXCV_TEST_FULL_OPT=1 runs everything at full optimization.
+# own process at full optimization (test_segmentation_learns). JAXCV_TEST_FULL_OPT=1: all at full optimization.
 # Set before jax initializes its backend; subprocesses get the same flags through `xla_flags`.
 TEST_XLA_FLAGS = "" if os.environ.get("JAXCV_TEST_FULL_OPT") == "1" else "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
@@ -18,7 +18,9 @@ FIXTURES = ROOT.parent / "shared" / "fixtures"
 
 # TensorBoard writing imports TensorFlow (seconds per run); the one test that checks it turns it on.
 os.environ.setdefault("JAXCV_TENSORBOARD", "0")
-jax.config.update("jax_compilation_cache_dir", os.environ.get("JAXCV_TEST_CACHE", str(ROOT / ".jax_cache")))
+# The persistent compilation cache of this process and of the tests' subprocesses (JAXCV_COMPILATION_CACHE).
+TEST_CACHE = os.environ.get("JAXCV_TEST_CACHE", str(ROOT / ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", TEST_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import TEST_CACHE, xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = os.environ.get("JAXCV_TEST_CACHE", str(ROOT / ".jax_cache"))
 SMOKE = "configs/synthetic_classification.py:smoke"
 
 
@@ -31,7 +30,7 @@ def free_port() -> int:
 
 
 def env() -> dict[str, str]:
-    e = dict(os.environ, JAX_PLATFORMS="cpu", JAXCV_COMPILATION_CACHE=CACHE, PYTHONUNBUFFERED="1")
+    e = dict(os.environ, JAX_PLATFORMS="cpu", JAXCV_COMPILATION_CACHE=TEST_CACHE, PYTHONUNBUFFERED="1")
     e["XLA_FLAGS"] = xla_flags()  # one CPU device per process
     return e
 

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import xla_flags
+from conftest import TEST_CACHE, xla_flags
 from flax import traverse_util
 from PIL import Image
 
@@ -35,7 +35,6 @@ from jaxcv.data.base import IGNORE_INDEX, DataError
 from jaxcv.logs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = os.environ.get("JAXCV_TEST_CACHE", str(ROOT / ".jax_cache"))
 SMOKE = "configs/synthetic_classification.py:smoke"
 
 
@@ -116,7 +115,7 @@ _WATCH = CompileWatch()
 
 
 def main_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXCV_COMPILATION_CACHE=CACHE, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXCV_COMPILATION_CACHE=TEST_CACHE, PYTHONUNBUFFERED="1")
     env.pop("JAXCV_TRACEBACK", None)
     env.update(extra)
     return env

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import TEST_CACHE, xla_flags
 
 from jaxcv import checkpoint as ckpt
 from jaxcv import train
@@ -58,8 +58,7 @@ def test_segmentation_learns(tmp_path: Path):
     cmd = [sys.executable, "-m", "jaxcv.main", "--config=configs/shapes_unet.py", f"--workdir={tmp_path}",
            "--config.num_train_steps=150", "--config.log_every=50", "--config.checkpoint_every=1000",
            "--config.schedule.warmup_steps=15"]
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", JAXCV_COMPILATION_CACHE=os.environ.get(
-        "JAXCV_TEST_CACHE", str(ROOT / ".jax_cache")))
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", JAXCV_COMPILATION_CACHE=TEST_CACHE)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
