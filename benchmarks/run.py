@@ -72,11 +72,44 @@ def compile_step(fn: Callable[..., Any], *args: Any, donate: tuple[int, ...] = (
     t0 = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
     info: dict[str, Any] = {"compile_s": round(time.perf_counter() - t0, 2)}
+    cost = compiled.cost_analysis()  # XLA's count for the whole step (a dict; a list of dicts in older jax)
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    if cost and cost.get("flops", 0) > 0:
+        info["flops"] = float(cost["flops"])
     mem = compiled.memory_analysis()
     if mem is not None:
         info["xla_bytes"] = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                                 - mem.alias_size_in_bytes)
     return compiled, info
+
+
+# Dense peak FLOP/s per device (vendor spec sheets, no sparsity) for `fraction_of_peak`: bfloat16 tensor
+# cores for dtype bfloat16, TF32 tensor cores for float32 (XLA's default matmul precision on NVIDIA GPUs).
+PEAK_TFLOPS = {  # device_kind substring -> (bfloat16, float32)
+    "H200": (989.0, 494.0), "H100": (989.0, 494.0), "A100": (312.0, 156.0), "L4": (121.0, 60.0),
+    "A10": (125.0, 62.5),
+    "TPU v4": (275.0, 275.0), "TPU v5 lite": (197.0, 197.0), "TPU v5": (459.0, 459.0),
+}
+
+
+def throughput(info: dict[str, Any], median_s: float, dtype: str) -> dict[str, Any]:
+    """images/s, achieved TFLOP/s (XLA's flop count of the compiled step / median time) and, on a GPU or TPU
+    whose kind is in PEAK_TFLOPS, the fraction of its peak; the per-device share when the step spans devices."""
+    out: dict[str, Any] = {}
+    if "batch" in info:
+        out["images_per_s"] = round(info["batch"] / median_s, 2)
+    if "flops" in info:
+        tflops = info["flops"] / median_s / 1e12
+        out["achieved_tflops"] = round(tflops, 4)
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            kind = device.device_kind
+            peak = next((v for k, v in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])) if k in kind), None)
+            out["device_kind"] = kind
+            if peak is not None:
+                out["peak_tflops"] = peak[0] if dtype == "bfloat16" else peak[1]
+                out["fraction_of_peak"] = round(tflops / out["peak_tflops"], 4)
+    return out
 
 
 def stateful(compiled: Any, state: list[Any], *inputs: Any) -> Step:
@@ -277,7 +310,8 @@ def run_pair(name: str, ours: tuple[Step, dict[str, Any]], case: str, args: argp
     step, info = ours
     peer, peer_info = (None, {"skipped": "--no-peer"}) if args.no_peer else torch_peer(case, args.dtype == "bfloat16")
     t_ours, t_peer = alternate(step, peer, args.warmup, args.repeats)
-    emit({"name": f"jaxcv_{name}", **stats(t_ours), **info, "dtype": args.dtype, "peak_rss_mb": peak_rss_mb()})
+    emit({"name": f"jaxcv_{name}", **stats(t_ours), **info, **throughput(info, statistics.median(t_ours), args.dtype),
+          "dtype": args.dtype, "peak_rss_mb": peak_rss_mb()})
     if peer is None:
         emit({"name": f"peer_{name}", **peer_info})
         return
@@ -317,7 +351,8 @@ def bench_growth(args: argparse.Namespace) -> None:
         share = statistics.median(t_match) / statistics.median(t_step)
         emit({"name": f"growth_retinanet_train_size{size}_gt{gts}", **stats(t_step), **info,
               "anchors": minfo["anchors"], "matching_median_s": round(statistics.median(t_match), 5),
-              "matching_share": round(share, 4), "dtype": args.dtype})
+              "matching_share": round(share, 4), **throughput(info, statistics.median(t_step), args.dtype),
+              "dtype": args.dtype})
 
 
 def main() -> None:

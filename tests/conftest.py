@@ -46,13 +46,13 @@ def xla_flags(devices: int | None = None) -> str:
 
 # Approximate seconds of the longest tests (quiet 2-core CPU, cold compilation cache), longest first.
 LONG_TESTS = {
-    "test_segmentation_learns": 130,
-    "test_eight_devices_equal_one[shapes_retinanet]": 90,
+    "test_segmentation_learns": 90,
+    "test_eight_devices_equal_one[shapes_retinanet]": 60,
     "test_preempted_by_sigterm_sigint_and_kill9_resumes_bit_identical": 80,
-    "test_eight_devices_equal_one[shapes_unet]": 65,
-    "test_eval_converted_torchvision_retinanet_via_init_from": 45,
-    "test_images_without_boxes_train_as_all_background": 40,
-    "test_classification_learns_and_writes_outputs": 40,
+    "test_eight_devices_equal_one[shapes_unet]": 45,
+    "test_eval_converted_torchvision_retinanet_via_init_from": 35,
+    "test_images_without_boxes_train_as_all_background": 30,
+    "test_classification_learns_and_writes_outputs": 30,
     "test_detection_predict_writes_pictures_and_coco_results": 30,
     "test_sweep_runs_end_to_end_then_resumes_only_missing": 30,
     "test_segmentation_predict_writes_indexed_mask_and_overlay": 25,

@@ -35,7 +35,7 @@ def final_params(workdir: Path) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_classification_learns_and_writes_outputs(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("JAXCV_TENSORBOARD", "1")
-    c = config("synthetic_classification", None, num_train_steps=80, log_every=10, checkpoint_every=40,
+    c = config("synthetic_classification", None, num_train_steps=40, log_every=10, checkpoint_every=20,
                data__num_train=1024, data__num_val=128)
     metrics = train.train_and_evaluate(c, tmp_path)
     assert metrics["accuracy"] > 0.6, metrics  # 4 classes: chance is 0.25
@@ -46,23 +46,24 @@ def test_classification_learns_and_writes_outputs(tmp_path: Path, monkeypatch):
         assert (tmp_path / f).exists(), f
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert json.loads((tmp_path / "eval/metrics.json").read_text())["accuracy"] == pytest.approx(metrics["accuracy"])
-    assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 80
+    assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 40
 
 
 @pytest.mark.slow
 def test_segmentation_learns(tmp_path: Path):
-    """150 steps of configs/shapes_unet.py (U-Net-ResNet-18 from scratch, 64 px, 4 classes). Any constant
-    prediction scores mIoU <= 1/4 (one class with IoU <= 1, three with 0), so mIoU > 0.27 means the
-    model segments shapes. Measured on the dev CPU: mIoU 0.300 after 150 steps."""
+    """60 steps of configs/shapes_unet.py (U-Net-ResNet-18 from scratch, 64 px) with one shape class: shape
+    against background. Any constant prediction scores mIoU <= 1/2 (one class with IoU <= 1, the other 0),
+    so mIoU > 0.55 means the model segments shapes. Measured on the dev CPU: mIoU 0.612 after 60 steps (the
+    4-class problem needs ~150 steps to beat its constant bound of 1/4 clearly: 0.300, at 2.5x the time)."""
     # The README's command line, in a process of its own at full XLA optimization (a training run, not compile-bound).
     cmd = [sys.executable, "-m", "jaxcv.main", "--config=configs/shapes_unet.py", f"--workdir={tmp_path}",
-           "--config.num_train_steps=150", "--config.log_every=50", "--config.checkpoint_every=1000",
-           "--config.schedule.warmup_steps=15"]
+           "--config.data.shape_classes=1", "--config.num_train_steps=60", "--config.log_every=20",
+           "--config.checkpoint_every=1000", "--config.schedule.warmup_steps=6"]
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", JAXCV_COMPILATION_CACHE=TEST_CACHE)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["mIoU"] > 0.27, metrics
+    assert metrics["mIoU"] > 0.55, metrics
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path):
