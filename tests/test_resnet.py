@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import fixture_path
+from conftest import fixture_path, jit_opt
 
 from jaxcv.interop import from_torchvision, load_safetensors
 from jaxcv.models import MODELS, create_model
@@ -71,7 +71,7 @@ def test_odd_sizes_follow_conv_arithmetic() -> None:
 def test_train_mode_updates_batch_stats_like_torch() -> None:
     model = create_model("resnet18", num_classes=5)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
+    variables = jit_opt(model.init)(jax.random.key(0, impl="rbg"), x)
     train_fwd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
     eval_fwd = jax.jit(lambda v, x: model.apply(v, x))
     out, updates = train_fwd(variables, x)
@@ -93,7 +93,7 @@ def test_train_mode_updates_batch_stats_like_torch() -> None:
 def test_bfloat16_compute_keeps_float32_params_and_logits() -> None:
     model = create_model("resnet18", num_classes=7, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
+    variables = jit_opt(model.init)(jax.random.key(0, impl="rbg"), x)
     assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
     out = jax.jit(model.apply)(variables, x)
     assert out["C5"].dtype == jnp.bfloat16
@@ -105,7 +105,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits() -> None:
 
 def test_init_follows_torchvision() -> None:
     model = create_model("resnet18", num_classes=10)
-    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 32, 32, 3)))
+    variables = jit_opt(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 32, 32, 3)))
     params = variables["params"]
     k = params["layer4_0"]["conv2"]["kernel"]  # 3x3x512x512, kaiming normal fan_out: std sqrt(2 / (9 * 512))
     assert abs(float(k.std()) / np.sqrt(2 / (9 * 512)) - 1) < 0.02
@@ -114,7 +114,7 @@ def test_init_follows_torchvision() -> None:
     fc_bound = 1 / np.sqrt(512)
     assert float(jnp.abs(params["fc"]["kernel"]).max()) <= fc_bound
     assert float(jnp.abs(params["fc"]["bias"]).max()) <= fc_bound
-    zero = jax.jit(create_model("resnet18", zero_init_residual=True).init)(
+    zero = jit_opt(create_model("resnet18", zero_init_residual=True).init)(
         jax.random.key(0, impl="rbg"), jnp.zeros((1, 32, 32, 3))
     )
     assert float(jnp.abs(zero["params"]["layer1_0"]["bn2"]["scale"]).max()) == 0.0

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import jit_opt
 from PIL import Image
 
 from jaxcv import explain, show
@@ -109,7 +110,7 @@ def test_filter_pattern_increases_the_activation(quadrant_model):
 
 def test_stage_activations_resnet_and_output_keys_as_layers():
     model = create_model("resnet18", num_classes=3)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    variables = jit_opt(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     image = np.random.default_rng(0).normal(size=(64, 64, 3)).astype(np.float32)
     stages = explain.stage_activations(model.apply, variables, image)
     expected = {"stem": (16, 16, 64), "C2": (16, 16, 64), "C3": (8, 8, 128), "C4": (4, 4, 256), "C5": (2, 2, 512)}
