@@ -94,7 +94,7 @@ PEAK_TFLOPS = {  # device_kind substring -> (bfloat16, float32)
 
 def throughput(info: dict[str, Any], median_s: float, dtype: str) -> dict[str, Any]:
     """images/s, achieved TFLOP/s (XLA's flop count of the compiled step / median time) and, on a GPU or TPU
-    whose kind is in PEAK_TFLOPS, the fraction of its peak; the per-device share when the step spans devices."""
+    whose kind is in PEAK_TFLOPS, the fraction of its peak (the benchmarked steps run on one device)."""
     out: dict[str, Any] = {}
     if "batch" in info:
         out["images_per_s"] = round(info["batch"] / median_s, 2)

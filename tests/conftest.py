@@ -13,6 +13,8 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from jaxcv.train import jit_full_opt as jit_opt  # noqa: E402, F401  (tests' model inits, compiled at full opt.)
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 
@@ -37,11 +39,6 @@ def fixtures_dir() -> Path:
     fixture_path("README.md")
     return FIXTURES
 
-
-def jit_opt(fn, **kwargs):
-    """`jax.jit` compiled at full optimization whatever XLA_FLAGS says: for model inits, whose random-number
-    code runs ~25x slower at -O0 (ResNet-18-FPN: 5.8 s instead of 0.2 s) for a compile of about the same time."""
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 3}, **kwargs)
 
 
 def xla_flags(devices: int | None = None) -> str:
