@@ -55,7 +55,7 @@ def test_segmentation_learns(tmp_path: Path):
     shape against background. Any constant prediction scores mIoU <= 1/2 (one class with IoU <= 1, the other
     0), so mIoU > 0.55 means the model segments shapes. Measured on the dev CPU: mIoU 0.588 (batch 16: 0.612;
     the 4-class problem needs ~150 steps of 16 to beat its constant bound of 1/4 clearly: 0.300)."""
-    # The README's command line, in a process of its own at full XLA optimization (a training run, not compile-bound).
+    # The README's command line plus overrides, in a process of its own at full XLA optimization (not compile-bound).
     cmd = [sys.executable, "-m", "jaxcv.main", "--config=configs/shapes_unet.py", f"--workdir={tmp_path}",
            "--config.data.shape_classes=1", "--config.batch_size=8", "--config.num_train_steps=60",
            "--config.log_every=20", "--config.checkpoint_every=1000", "--config.schedule.warmup_steps=6"]
