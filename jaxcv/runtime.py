@@ -1,0 +1,64 @@
+"""Process-wide CPU settings applied when jaxcv is imported (`JAXCV_CPU_TUNING=0` turns them off).
+
+Why (measured on the 2-core development CPU, benchmarks/README.md "Where the time went"):
+
+- **XLA:CPU library fusions.** `--xla_cpu_experimental_ynn_fusion_type=individual_dot,dot,eltwise,reduce`
+  lets XLA hand dots together with their element-wise producers/consumers, element-wise chains and
+  reductions (BatchNorm statistics and their gradients) to YNNPACK. jaxlib 0.10's default
+  (`individual_dot,reduce`) leaves BatchNorm's backward to loop fusions that transpose the gradient for the
+  next dot. Added to `XLA_FLAGS` unless that flag is already there, and only for jaxlib >= 0.10 (older
+  ones do not know it and would abort on an unknown flag). It must be set before JAX creates its CPU
+  backend, so import jaxcv before running any JAX computation. Not under `JAX_ENABLE_X64=1` (the
+  float64 numerics checks): with these fusions the float64 losses of 8 and 1 devices agreed to only
+  ~1e-9 instead of ~1e-15 (tests/test_train.py::test_eight_devices_equal_one).
+- **The allocator.** XLA allocates each step's buffers (GBs for a detector) anew; glibc serves large
+  blocks with fresh `mmap`s, or from per-thread arenas that it unmaps when they empty, so every step
+  page-faults its whole working set in again (~380k faults per ResNet-50 step, ~0.5 s). `mallopt` with
+  one arena, no `mmap` for large blocks and no trimming keeps freed memory for the next step: zero
+  faults per step, at the price of the process keeping its peak memory (as tcmalloc or jemalloc would).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from importlib import metadata
+
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSIONS = "individual_dot,dot,eltwise,reduce"
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+applied: dict[str, str] = {}  # what configure() set, for logs and benchmarks
+
+
+def _jaxlib_at_least(major: int, minor: int) -> bool:
+    try:
+        version = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return False
+    parts = [int(p) for p in version.split(".")[:2] if p.isdigit()]
+    return len(parts) == 2 and tuple(parts) >= (major, minor)
+
+
+def configure() -> dict[str, str]:
+    """Applies the settings above once per process; returns what was applied."""
+    if applied or os.environ.get("JAXCV_CPU_TUNING", "1") == "0":
+        return applied
+    flags = os.environ.get("XLA_FLAGS", "")
+    x64 = os.environ.get("JAX_ENABLE_X64", "0").lower() in ("1", "true")
+    if YNN_FLAG not in flags and not x64 and _jaxlib_at_least(0, 10):
+        os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={YNN_FUSIONS}".strip()
+        applied["xla_flags"] = f"{YNN_FLAG}={YNN_FUSIONS}"
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            libc = None
+        if libc is not None:
+            ok = all(libc.mallopt(p, v) == 1 for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
+                                                              (_M_TRIM_THRESHOLD, -1)))  # -1: never trim
+            if ok:
+                applied["malloc"] = "glibc: 1 arena, no mmap, no trim"
+    return applied
