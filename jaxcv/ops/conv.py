@@ -34,6 +34,7 @@ from jax import lax
 CONV_IMPLS = ("auto", "xla", "im2col")
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
 _impl = "auto"
+IM2COL_MAX_ROWS = 1024  # see _use_im2col
 
 
 def set_conv_impl(name: str) -> None:
@@ -51,6 +52,22 @@ def get_conv_impl() -> str:
 
 def _is_one(x: Sequence[int] | None) -> bool:
     return x is None or all(v == 1 for v in x)
+
+
+def _use_im2col(lhs_shape: Sequence[int], rhs_shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """The `auto` rule on the CPU backend (measured per layer shape, benchmarks/README.md): 1x1 kernels are a
+    plain matmul; larger kernels use XLA's convolution when the output has more than `IM2COL_MAX_ROWS` rows
+    (batch x output pixels), where it beat im2col by up to 3x (few channels, large maps: the U-Net decoder),
+    and im2col on smaller outputs, where XLA's convolution is slow (up to 20x on 2x2 maps)."""
+    if _impl != "auto":
+        return _impl == "im2col"
+    if jax.default_backend() != "cpu":
+        return False
+    kh, kw = rhs_shape[:2]
+    if kh == kw == 1:
+        return True
+    rows = lhs_shape[0] * -(-lhs_shape[1] // strides[0]) * -(-lhs_shape[2] // strides[1])
+    return rows <= IM2COL_MAX_ROWS
 
 
 def im2col_conv(
@@ -108,8 +125,7 @@ def conv_general_dilated(
         and _is_one(lhs_dilation)
         and _is_one(rhs_dilation)
     )
-    im2col = _impl == "im2col" or (_impl == "auto" and jax.default_backend() == "cpu")
-    if not (simple and im2col):
+    if not (simple and _use_im2col(lhs.shape, rhs.shape, window_strides)):
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type,
