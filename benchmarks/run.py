@@ -19,7 +19,8 @@ Cases (all SGD momentum 0.9 unless said, random inputs, parameters and optimizer
 - retinanet_train: RetinaNet-R50-FPN, 91 classes, batch 2, 512x512, 5 random gts per image, focal +
   L1 loss with matching, frozen backbone BatchNorm. Peer: `retinanet_resnet50_fpn(weights=None,
   weights_backbone=None, min_size=512, max_size=512)`.
-- unet34_train: U-Net-ResNet-34, 3 classes, batch 4, 256x256, cross-entropy, Adam. Peer:
+- unet34_train: U-Net-ResNet-34 (nearest 2x upsampling, as smp), 3 classes, batch 4, 256x256, cross-entropy,
+  Adam. Peer:
   `segmentation_models_pytorch.Unet("resnet34", encoder_weights=None, classes=3)`.
 - retinanet_infer: RetinaNet-R50-FPN forward + post-processing (score 0.05, top-1000 per level, NMS
   0.5, 100 per image), 2 images of 512x512. Peer: the same model in eval mode.
@@ -50,6 +51,7 @@ from detection import _emit as emit  # benchmarks/detection.py, beside this scri
 from detection import _stats as stats
 from detection import random_gt, retinanet_setup
 
+from jaxcv import runtime
 from jaxcv.config import load_config_file
 from jaxcv.losses import retinanet_loss, segmentation_cross_entropy
 from jaxcv.models import create_model
@@ -200,7 +202,7 @@ def jax_matching(batch: int, size: int, gts: int) -> tuple[Step, dict[str, Any]]
 
 
 def jax_unet34(dtype: Any, batch: int = 4, size: int = 256, classes: int = 3) -> tuple[Step, dict[str, Any]]:
-    model = create_model("unet_resnet34", num_classes=classes, dtype=dtype)
+    model = create_model("unet_resnet34", num_classes=classes, dtype=dtype, upsample="nearest")  # as smp's decoder
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, classes, (batch, size, size)), jnp.int32)
@@ -375,7 +377,7 @@ def main() -> None:
     emit({"name": "environment", "jax": jax.__version__, "backend": jax.default_backend(),
           "devices": jax.device_count(), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
           "loadavg_1m": round(os.getloadavg()[0], 2), "conv_impl": args.conv_impl, "dtype": args.dtype,
-          "xla_flags": os.environ.get("XLA_FLAGS", "")})
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_tuning": runtime.applied})
     builders = {
         "resnet50_train": lambda: jax_resnet50(dtype),
         "retinanet_train": lambda: jax_retinanet_train(dtype),
