@@ -69,7 +69,7 @@ def test_unsupported_forms_fall_back_to_xla(im2col):
 
 def test_switch_selects_the_implementation():
     """The choice is made when a function is traced: im2col leaves no convolution in the program,
-    xla leaves one, and auto follows the backend (CPU here: im2col)."""
+    xla leaves one, and auto follows the backend (CPU here, a small output: im2col)."""
     layer = Conv(4, (3, 3))
     x = jnp.ones((1, 8, 8, 3))
     variables = layer.init(jax.random.key(0), x)
@@ -86,3 +86,20 @@ def test_switch_selects_the_implementation():
         conv_ops.set_conv_impl(before)
     with pytest.raises(ValueError, match="conv_impl='fast'"):
         conv_ops.set_conv_impl("fast")
+
+
+@pytest.mark.parametrize("batch,size,kernel,convolutions", [
+    (1, 8, 3, 0),  # 64 output rows: im2col
+    (1, 32, 3, 0),  # 1024 rows: still im2col (the bound is inclusive)
+    (2, 32, 3, 1),  # 2048 rows: XLA's convolution
+    (2, 32, 1, 0),  # 1x1: always a matmul
+])
+def test_auto_rule_on_cpu(batch, size, kernel, convolutions):
+    """conv_impl=auto on the CPU: 1x1 kernels as a matmul, larger ones by output rows (batch x pixels)."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the rule is for the CPU backend; elsewhere auto is XLA's convolution (tested above)")
+    assert conv_ops.get_conv_impl() == "auto"
+    x = jnp.ones((batch, size, size, 4))
+    w = jnp.ones((kernel, kernel, 4, 4))
+    text = jax.jit(lambda x, w: _ours(x, w, 1, "SAME")).lower(x, w).as_text()
+    assert text.count("convolution") == convolutions, text

@@ -1,0 +1,61 @@
+"""jaxcv.runtime: the process-wide CPU settings made on import (XLA flags, glibc malloc)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxcv import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+YNN = f"{runtime.YNN_FLAG}={runtime.YNN_FUSIONS}"
+PROBE = """
+import json, os, resource, statistics
+import jaxcv
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: x * 2.0 + 1.0)  # a fresh 64 MB output per call
+x = jnp.ones((4096, 4096))
+f(x).block_until_ready()
+faults = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS", ""), "applied": jaxcv.runtime.applied,
+                  "faults": statistics.median(faults)}))
+"""
+
+def probe(**env: str) -> dict:
+    e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64", "JAXCV_CPU_TUNING")}
+    e.update(env, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=e, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_defaults_add_the_fusion_flag_and_keep_memory():
+    r = probe(XLA_FLAGS="--xla_backend_optimization_level=0")
+    assert r["xla_flags"] == f"--xla_backend_optimization_level=0 {YNN}"
+    if sys.platform.startswith("linux"):
+        assert "malloc" in r["applied"]
+        # 64 MB is 16384 pages: with glibc's defaults every call faults all of them in again (measured:
+        # 16385 per call); kept memory is reused, so most calls fault none (an occasional call still
+        # lands on fresh pages when the previous output is freed late).
+        assert r["faults"] < 16384 / 100, r
+
+
+def test_user_flag_x64_and_opt_out_are_respected():
+    own = f"{runtime.YNN_FLAG}=individual_dot"
+    assert probe(XLA_FLAGS=own)["xla_flags"] == own  # the user's own setting wins
+    assert YNN not in probe(JAX_ENABLE_X64="1")["xla_flags"]  # float64 checks run without the fusions
+    off = probe(JAXCV_CPU_TUNING="0")
+    assert off["applied"] == {} and off["xla_flags"] == ""
+
+
+@pytest.mark.parametrize("version,expected", [("0.10.2", True), ("0.9.1", False), ("1.0.0", True)])
+def test_jaxlib_version_gate(monkeypatch, version, expected):
+    monkeypatch.setattr(runtime.metadata, "version", lambda name: version)
+    assert runtime._jaxlib_at_least(0, 10) is expected
