@@ -12,8 +12,10 @@ a matmul is again slices (pads) and matmuls.
 `flax.linen.Conv(conv_general_dilated=...)` by `jaxcv.models.layers.Conv`. Which path it takes is
 chosen at trace time by `set_conv_impl` (config key `conv_impl`):
 
-- `"auto"` (default): im2col on the CPU backend, XLA's convolution elsewhere (on GPU and TPU the
-  backend's own convolutions are the fast path);
+- `"auto"` (default): on the CPU backend, 1x1 kernels as a matmul and larger kernels by output size
+  (`_use_im2col`: im2col up to `IM2COL_MAX_ROWS` output rows, XLA's convolution above, which with
+  `jaxcv.runtime`'s YNNPACK fusions is the faster one on large maps); XLA's convolution elsewhere (on GPU
+  and TPU the backend's own convolutions are the fast path);
 - `"xla"`: always `lax.conv_general_dilated`;
 - `"im2col"`: always the matmul form (where it applies).
 
