@@ -88,18 +88,21 @@ def test_switch_selects_the_implementation():
         conv_ops.set_conv_impl("fast")
 
 
-@pytest.mark.parametrize("batch,size,kernel,convolutions", [
-    (1, 8, 3, 0),  # 64 output rows: im2col
-    (1, 32, 3, 0),  # 1024 rows: still im2col (the bound is inclusive)
-    (2, 32, 3, 1),  # 2048 rows: XLA's convolution
-    (2, 32, 1, 0),  # 1x1: always a matmul
+@pytest.mark.parametrize("batch,size,kernel,padding,convolutions", [
+    (1, 8, 3, "SAME", 0),  # 64 output rows: im2col
+    (1, 32, 3, "SAME", 0),  # 1024 rows: still im2col (the bound is inclusive)
+    (2, 32, 3, "SAME", 1),  # 2048 rows: XLA's convolution
+    (2, 32, 1, "SAME", 0),  # 1x1: always a matmul
+    (1, 34, 3, "VALID", 0),  # the output's rows count (32 x 32 = 1024), not the input's (34 x 34)
+    (1, 34, 3, "SAME", 1),  # 34 x 34 = 1156 rows
 ])
-def test_auto_rule_on_cpu(batch, size, kernel, convolutions):
-    """conv_impl=auto on the CPU: 1x1 kernels as a matmul, larger ones by output rows (batch x pixels)."""
+def test_auto_rule(batch, size, kernel, padding, convolutions):
+    """conv_impl=auto on the CPU: 1x1 kernels as a matmul, larger ones by output rows (batch x pixels);
+    on other backends always XLA's convolution."""
     if jax.default_backend() != "cpu":
-        pytest.skip("the rule is for the CPU backend; elsewhere auto is XLA's convolution (tested above)")
+        convolutions = 1
     assert conv_ops.get_conv_impl() == "auto"
     x = jnp.ones((batch, size, size, 4))
     w = jnp.ones((kernel, kernel, 4, 4))
-    text = jax.jit(lambda x, w: _ours(x, w, 1, "SAME")).lower(x, w).as_text()
+    text = jax.jit(lambda x, w: _ours(x, w, 1, padding)).lower(x, w).as_text()
     assert text.count("convolution") == convolutions, text

@@ -28,6 +28,7 @@ print(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS", ""), "applied": jaxcv
                   "faults": statistics.median(faults)}))
 """
 
+
 def probe(**env: str) -> dict:
     e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64", "JAXCV_CPU_TUNING")}
     e.update(env, JAX_PLATFORMS="cpu")

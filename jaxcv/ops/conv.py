@@ -56,7 +56,8 @@ def _is_one(x: Sequence[int] | None) -> bool:
     return x is None or all(v == 1 for v in x)
 
 
-def _use_im2col(lhs_shape: Sequence[int], rhs_shape: Sequence[int], strides: Sequence[int]) -> bool:
+def _use_im2col(lhs_shape: Sequence[int], rhs_shape: Sequence[int], strides: Sequence[int],
+                padding: Sequence[tuple[int, int]]) -> bool:
     """The `auto` rule on the CPU backend (measured per layer shape, benchmarks/README.md): 1x1 kernels are a
     plain matmul; larger kernels use XLA's convolution when the output has more than `IM2COL_MAX_ROWS` rows
     (batch x output pixels), where it beat im2col by up to 3x (few channels, large maps: the U-Net decoder),
@@ -68,8 +69,10 @@ def _use_im2col(lhs_shape: Sequence[int], rhs_shape: Sequence[int], strides: Seq
     kh, kw = rhs_shape[:2]
     if kh == kw == 1:
         return True
-    rows = lhs_shape[0] * -(-lhs_shape[1] // strides[0]) * -(-lhs_shape[2] // strides[1])
-    return rows <= IM2COL_MAX_ROWS
+    (pt, pb), (pl, pr) = padding
+    ho = (lhs_shape[1] + pt + pb - kh) // strides[0] + 1
+    wo = (lhs_shape[2] + pl + pr - kw) // strides[1] + 1
+    return lhs_shape[0] * ho * wo <= IM2COL_MAX_ROWS
 
 
 def im2col_conv(
@@ -127,12 +130,13 @@ def conv_general_dilated(
         and _is_one(lhs_dilation)
         and _is_one(rhs_dilation)
     )
-    if not (simple and _use_im2col(lhs.shape, rhs.shape, window_strides)):
-        return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type,
-        )
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    pads = tuple(tuple(p) for p in padding)
-    return im2col_conv(lhs, rhs, tuple(window_strides), pads, precision, preferred_element_type)
+    if simple:
+        pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding) \
+            if isinstance(padding, str) else padding
+        pads = tuple(tuple(p) for p in pads)
+        if _use_im2col(lhs.shape, rhs.shape, window_strides, pads):
+            return im2col_conv(lhs, rhs, tuple(window_strides), pads, precision, preferred_element_type)
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type,
+    )
