@@ -37,6 +37,7 @@ CONV_IMPLS = ("auto", "xla", "im2col")
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
 _impl = "auto"
 IM2COL_MAX_ROWS = 1024  # see _use_im2col
+BF16_IM2COL_MIN_COUT = 128  # see _use_im2col
 
 
 def set_conv_impl(name: str) -> None:
@@ -57,11 +58,17 @@ def _is_one(x: Sequence[int] | None) -> bool:
 
 
 def _use_im2col(lhs_shape: Sequence[int], rhs_shape: Sequence[int], strides: Sequence[int],
-                padding: Sequence[tuple[int, int]]) -> bool:
+                padding: Sequence[tuple[int, int]], bf16: bool = False) -> bool:
     """The `auto` rule on the CPU backend (measured per layer shape, benchmarks/README.md): 1x1 kernels are a
     plain matmul; larger kernels use XLA's convolution when the output has more than `IM2COL_MAX_ROWS` rows
     (batch x output pixels), where it beat im2col by up to 3x (few channels, large maps: the U-Net decoder),
-    and im2col on smaller outputs, where XLA's convolution is slow (up to 20x on 2x2 maps)."""
+    and im2col on smaller outputs, where XLA's convolution is slow (up to 20x on 2x2 maps).
+
+    bfloat16 (`bf16`: both operands bfloat16): XLA:CPU computes every convolution in float32 (converts around
+    it), while im2col's matmul runs natively in bfloat16 (`bf16_matmul`), so im2col also wins on large
+    outputs when the matmul is wide enough to outweigh writing the KH*KW-times larger patches: from
+    `BF16_IM2COL_MIN_COUT` output channels (measured fwd + grads: 0.64-0.99 of XLA's time at 128-256
+    channels, 1.3-2.7x slower at 16-64 channels on 64²-256² maps)."""
     if _impl != "auto":
         return _impl == "im2col"
     if jax.default_backend() != "cpu":
@@ -72,7 +79,9 @@ def _use_im2col(lhs_shape: Sequence[int], rhs_shape: Sequence[int], strides: Seq
     (pt, pb), (pl, pr) = padding
     ho = (lhs_shape[1] + pt + pb - kh) // strides[0] + 1
     wo = (lhs_shape[2] + pl + pr - kw) // strides[1] + 1
-    return lhs_shape[0] * ho * wo <= IM2COL_MAX_ROWS
+    if lhs_shape[0] * ho * wo <= IM2COL_MAX_ROWS:
+        return True
+    return bf16 and rhs_shape[3] >= BF16_IM2COL_MIN_COUT
 
 
 def im2col_conv(
@@ -97,13 +106,48 @@ def im2col_conv(
         for j in range(kw)
     ]  # kh*kw slices [B, Ho, Wo, Cin], in the kernel's (i, j) order
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)  # [B, Ho, Wo, KH*KW*Cin]
+    kernel = rhs.reshape(kh * kw * cin, cout)
+    if preferred_element_type is None and patches.dtype == kernel.dtype == jnp.bfloat16:
+        return bf16_matmul(patches, kernel)
     return jnp.einsum(
         "bhwk,ko->bhwo",
         patches,
-        rhs.reshape(kh * kw * cin, cout),
+        kernel,
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
+
+
+def _dot_f32(a: jax.Array, b: jax.Array, dims: tuple[Any, Any]) -> jax.Array:
+    return lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def bf16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x: [..., K] bfloat16, w: [K, N] bfloat16 -> [..., N] bfloat16, accumulated in float32.
+
+    Why: XLA:CPU runs a dot with bfloat16 inputs natively (AVX-512 BF16: ~1.9x the float32 FLOP/s on the
+    development CPU) only when it accumulates to float32; a bfloat16-out dot, and every convolution, is
+    rewritten to float32 with converts around it (no faster than float32). The backward pass is written out
+    (not autodiff) so that both gradient dots also take bfloat16 inputs, the incoming gradient rounded to
+    bfloat16 as `torch.autocast` does: dx = g @ w.T and dw = x.T @ g, each accumulated in float32."""
+    return _dot_f32(x, w, ((x.ndim - 1,), (0,))).astype(x.dtype)
+
+
+def _bf16_matmul_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return bf16_matmul(x, w), (x, w)
+
+
+def _bf16_matmul_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    g = g.astype(x.dtype)
+    dx = _dot_f32(g, w, ((g.ndim - 1,), (1,))).astype(x.dtype)  # [..., N] x [K, N] -> [..., K]
+    lead = tuple(range(x.ndim - 1))
+    dw = _dot_f32(x, g, (lead, lead)).astype(w.dtype)  # sum over the leading axes: [K, N]
+    return dx, dw
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
 def conv_general_dilated(
@@ -134,7 +178,8 @@ def conv_general_dilated(
         pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding) \
             if isinstance(padding, str) else padding
         pads = tuple(tuple(p) for p in pads)
-        if _use_im2col(lhs.shape, rhs.shape, window_strides, pads):
+        bf16 = lhs.dtype == rhs.dtype == jnp.bfloat16 and preferred_element_type is None
+        if _use_im2col(lhs.shape, rhs.shape, window_strides, pads, bf16):
             return im2col_conv(lhs, rhs, tuple(window_strides), pads, precision, preferred_element_type)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
