@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
-from jaxcv.models.layers import Conv, output_dtype
+from jaxcv.models.layers import BatchNorm, Conv, output_dtype
 
 Array = jax.Array
 Dtype = Any
@@ -66,8 +66,8 @@ class _Layers(nn.Module):
             name=name,
         )
 
-    def bn(self, train: bool, name: str, zero_init: bool = False) -> nn.BatchNorm:
-        return nn.BatchNorm(
+    def bn(self, train: bool, name: str, zero_init: bool = False) -> BatchNorm:
+        return BatchNorm(
             use_running_average=not train,
             momentum=0.9,  # torch momentum 0.1: running = 0.9 * running + 0.1 * batch
             epsilon=1e-5,
@@ -91,13 +91,12 @@ class BasicBlock(_Layers):
     def __call__(self, x: Array, train: bool) -> Array:
         identity = x
         y = self.conv(self.planes, 3, self.stride, "conv1")(x)
-        y = nn.relu(self.bn(train, "bn1")(y))
+        y = self.bn(train, "bn1")(y, relu=True)
         y = self.conv(self.planes, 3, 1, "conv2")(y)
-        y = self.bn(train, "bn2", self.zero_init_residual)(y)
         if self.stride != 1 or x.shape[-1] != self.planes * self.expansion:
             identity = self.conv(self.planes * self.expansion, 1, self.stride, "downsample_conv")(x)
             identity = self.bn(train, "downsample_bn")(identity)
-        return nn.relu(y + identity)
+        return self.bn(train, "bn2", self.zero_init_residual)(y, residual=identity, relu=True)  # relu(bn2 + id)
 
 
 class Bottleneck(_Layers):
@@ -112,15 +111,14 @@ class Bottleneck(_Layers):
     def __call__(self, x: Array, train: bool) -> Array:
         identity = x
         y = self.conv(self.planes, 1, 1, "conv1")(x)
-        y = nn.relu(self.bn(train, "bn1")(y))
+        y = self.bn(train, "bn1")(y, relu=True)
         y = self.conv(self.planes, 3, self.stride, "conv2")(y)
-        y = nn.relu(self.bn(train, "bn2")(y))
+        y = self.bn(train, "bn2")(y, relu=True)
         y = self.conv(self.planes * self.expansion, 1, 1, "conv3")(y)
-        y = self.bn(train, "bn3", self.zero_init_residual)(y)
         if self.stride != 1 or x.shape[-1] != self.planes * self.expansion:
             identity = self.conv(self.planes * self.expansion, 1, self.stride, "downsample_conv")(x)
             identity = self.bn(train, "downsample_bn")(identity)
-        return nn.relu(y + identity)
+        return self.bn(train, "bn3", self.zero_init_residual)(y, residual=identity, relu=True)  # relu(bn3 + id)
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -150,7 +148,7 @@ class ResNet(_Layers):
         out: dict[str, Array] = {}
         x = jnp.asarray(x, self.dtype)
         x = self.conv(64, 7, 2, "conv1")(x)
-        x = nn.relu(self.bn(train, "bn1")(x))
+        x = self.bn(train, "bn1")(x, relu=True)
         # max_pool pads with -inf, like torch's MaxPool2d(3, 2, padding=1).
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad(1))
         out["stem"] = x

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
-from jaxcv.models.layers import Conv, output_dtype
+from jaxcv.models.layers import BatchNorm, Conv, output_dtype
 from jaxcv.models.resnet import RESNET_CONFIGS, ResNet
 
 Array = jax.Array
@@ -72,14 +72,14 @@ class ConvBNReLU(nn.Module):
             name="conv",
         )(x)
         if self.use_bn:
-            x = nn.BatchNorm(
+            return BatchNorm(
                 use_running_average=not train,
                 momentum=0.9,
                 epsilon=1e-5,
                 use_fast_variance=False,
                 dtype=self.dtype,
                 name="bn",
-            )(x)
+            )(x, relu=True)
         return nn.relu(x)
 
 
