@@ -61,10 +61,6 @@ def _forward(x: jax.Array, scale: jax.Array, bias: jax.Array, residual: jax.Arra
     return (out, mean, var), (x, scale, mean, r, out if relu else None, residual)  # residual: for its dtype
 
 
-def _fwd(x, scale, bias, residual, epsilon, fast_variance, relu, dtype):  # noqa: ANN001, ANN202 (custom_vjp)
-    return _forward(x, scale, bias, residual, epsilon, fast_variance, relu, dtype)
-
-
 def _bwd(epsilon: float, fast_variance: bool, relu: bool, dtype: Any, res: tuple[Any, ...],
          cts: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[Any, ...]:
     x, scale, mean, r, out, residual = res
@@ -91,4 +87,4 @@ def _bwd(epsilon: float, fast_variance: bool, relu: bool, dtype: Any, res: tuple
     return dx.astype(x.dtype), (sum_gc * r).astype(scale.dtype), sum_g.astype(scale.dtype), d_residual
 
 
-batch_norm_train.defvjp(_fwd, _bwd)
+batch_norm_train.defvjp(_forward, _bwd)
