@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from detection import _emit as emit  # benchmarks/detection.py, beside this script
+from run import alternate  # benchmarks/run.py: alternating timed runs after warm-up
 
 from jaxcv.ops import conv as conv_ops
 
@@ -37,18 +37,6 @@ LAYERS = [
     ("unet", 4, 256, 32, 16, 3, 1, 1), ("unet", 4, 128, 128, 32, 3, 1, 1), ("unet", 4, 64, 192, 64, 3, 1, 1),
     ("unet", 4, 256, 16, 3, 3, 1, 1),
 ]
-
-
-def _timed(fns: dict[str, Any], repeats: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn(), fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -87,8 +75,8 @@ def main() -> None:
                 y = torch.nn.functional.conv2d(tx, tw, stride=s, padding=p)
             y.float().square().sum().backward()
 
-        med = _timed({"jaxcv": lambda c=compiled, x=x, w=w: jax.block_until_ready(c(x, w)), "torch": peer},
-                     args.repeats)
+        t_ours, t_peer = alternate(lambda c=compiled, x=x, w=w: jax.block_until_ready(c(x, w)), peer, 2, args.repeats)
+        med = {"jaxcv": statistics.median(t_ours), "torch": statistics.median(t_peer)}
         rows = b * ((h + 2 * p - k) // s + 1) ** 2
         gflop = 3 * 2 * rows * cin * cout * k * k / 1e9
         form = "matmul" if k == 1 else "im2col" if conv_ops._use_im2col(
