@@ -13,7 +13,7 @@ Missing, unexpected or mis-shaped keys raise one ValueError listing all of them;
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,33 +125,54 @@ def model_config(
     raise ValueError(f"unknown torchvision arch {arch!r}; supported: {', '.join(ARCHS)}")
 
 
-def abstract_variables(module: nn.Module, image_size: int = 64) -> dict[str, Any]:
+def abstract_variables(module: nn.Module, image_size: int | tuple[int, int] = 64, channels: int = 3) -> dict[str, Any]:
     """Shapes/dtypes of the module's variables via `jax.eval_shape` (no compute, no memory)."""
-    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    x = jax.ShapeDtypeStruct((1, h, w, channels), jnp.float32)
     return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
 
 
-def convert_state_dict(
-    module: nn.Module, state_dict: Mapping[str, np.ndarray], detection: bool = False
+def torch_to_flax(a: np.ndarray) -> np.ndarray:
+    """torch layout -> flax layout: conv [O, I/groups, kh, kw] -> HWIO, linear [out, in] -> [in, out]."""
+    return _to_flax(a)
+
+
+def strict_load(
+    abstract: Mapping[str, Any],
+    state_dict: Mapping[str, np.ndarray],
+    key_of: Callable[[tuple[str, ...]], str],
+    transform: Callable[[np.ndarray], np.ndarray] = torch_to_flax,
+    ignore: Callable[[str], bool] = lambda key: key.endswith("num_batches_tracked"),
+    source: str = "state dict",
+    target: str = "model",
+    reference_shape: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None,
 ) -> dict[str, Any]:
-    """torchvision state dict -> flax `{'params', 'batch_stats'}` for `module`; strict (see module doc)."""
-    abstract = flatten_dict(abstract_variables(module))
+    """Maps a reference state dict onto a module's variables, strictly.
+
+    `abstract`: the module's variables (e.g. `abstract_variables(module)`); `key_of(path)` gives the reference
+    key of a flax variable path (collection first, e.g. ("params", "conv1", "kernel")); `transform` turns the
+    reference array into flax layout. Every variable must find its key with the right shape after `transform`,
+    and every reference key (but those `ignore` accepts) must be used: otherwise one ValueError lists all
+    missing, unexpected and mis-shaped keys, with shapes in the reference's layout (`reference_shape` of a
+    flax shape; torch's by default). Values are cast to the variables' dtypes.
+    """
+    ref_shape = reference_shape or (_torch_shape if transform is torch_to_flax else tuple)
+    flat = flatten_dict(dict(abstract))
     out: dict[tuple[str, ...], Any] = {}
     used: set[str] = set()
     missing, mismatched = [], []
-    for path, spec in abstract.items():
-        key = torch_key(path[1:], detection)
+    for path, spec in flat.items():
+        key = key_of(path)
         if key not in state_dict:
-            missing.append(f"{key} {_torch_shape(spec.shape)}")
+            missing.append(f"{key} {ref_shape(tuple(spec.shape))}")
             continue
         used.add(key)
-        value = _to_flax(np.asarray(state_dict[key]))
+        value = transform(np.asarray(state_dict[key]))
         if value.shape != tuple(spec.shape):
-            got = tuple(state_dict[key].shape)
-            mismatched.append(f"{key}: got {got}, expected {_torch_shape(spec.shape)}")
+            mismatched.append(f"{key}: got {tuple(np.shape(state_dict[key]))}, expected {ref_shape(tuple(spec.shape))}")
             continue
         out[path] = jnp.asarray(value.astype(spec.dtype))
-    unexpected = sorted(k for k in state_dict if k not in used and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(k for k in state_dict if k not in used and not ignore(k))
     problems = [
         f"{title} ({len(keys)}): {', '.join(sorted(keys))}"
         for title, keys in (
@@ -160,8 +181,18 @@ def convert_state_dict(
         if keys
     ]
     if problems:
-        raise ValueError(f"state dict does not match {type(module).__name__}: " + "; ".join(problems))
+        raise ValueError(f"{source} does not match {target}: " + "; ".join(problems))
     return unflatten_dict(out)
+
+
+def convert_state_dict(
+    module: nn.Module, state_dict: Mapping[str, np.ndarray], detection: bool = False
+) -> dict[str, Any]:
+    """torchvision state dict -> flax `{'params', 'batch_stats'}` for `module`; strict (see module doc)."""
+    return strict_load(
+        abstract_variables(module), state_dict, lambda path: torch_key(path[1:], detection),
+        target=type(module).__name__,
+    )
 
 
 def from_torchvision(

@@ -75,3 +75,45 @@ def pytest_collection_modifyitems(config, items: list) -> None:
     rest = [it for it in items if it.name not in LONG_TESTS]
     cut = max(0, (len(items) + 1) // 2 - len(halves[0]))  # half 0 takes this many short tests
     items[:] = halves[0] + rest[:cut] + halves[1] + rest[cut:]
+
+
+def load_regenerable(folder: str, name: str) -> dict:
+    """The reference state dict of fixture family `folder/name` ("Regenerable weights" in
+    ../shared/fixtures/README.md): every tensor of `NAME.manifest.json` redrawn with numpy, in list order,
+    united with `NAME.small.safetensors`. Keys as the reference library names them, in its layout."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    manifest = json.loads(fixture_path(f"{folder}/{name}.manifest.json").read_text())
+    rng = np.random.default_rng(manifest["seed"])
+    weights = {}
+    for key, shape, low, high in manifest["draws"]:
+        weights[key] = (low + (high - low) * rng.random(tuple(shape))).astype(np.float32)
+    small = load_file(str(fixture_path(f"{folder}/{name}.small.safetensors")))
+    overlap = sorted(set(weights) & set(small))
+    if overlap:
+        pytest.fail(f"fixture {folder}/{name}: keys both in the manifest and the small file: {overlap[:5]}")
+    return {**weights, **small}
+
+
+def load_io(folder: str, name: str) -> dict:
+    """`folder/NAME_io.npz` as {array name: numpy array}."""
+    import numpy as np
+
+    with np.load(fixture_path(f"{folder}/{name}_io.npz")) as f:
+        return {k: f[k] for k in f.files}
+
+
+def assert_close_rel(actual, expected, rtol: float = 1e-4, name: str = "") -> float:
+    """Fails unless max |actual - expected| <= rtol * max |expected| (the parity tests' measure: error relative
+    to each array's largest magnitude). Returns that relative error."""
+    import numpy as np
+
+    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert a.shape == e.shape, f"{name}: shape {a.shape} != reference {e.shape}"
+    scale = float(np.max(np.abs(e))) or 1.0
+    err = float(np.max(np.abs(a - e))) / scale if e.size else 0.0
+    assert err <= rtol, f"{name}: max abs error {err * scale:.3g} = {err:.3g} x max|ref| ({scale:.3g}) > {rtol}"
+    return err

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcv.models import MODELS
+from jaxcv.models.backbones import Level, register_backbone
 from jaxcv.models.layers import BatchNorm, Conv, output_dtype
 
 Array = jax.Array
@@ -140,6 +140,15 @@ class ResNet(_Layers):
     num_classes: int = 0
     zero_init_residual: bool = False  # torchvision default: off
 
+    @nn.nowrap
+    def feature_info(self) -> dict[str, Level]:
+        """The backbone contract's levels (`jaxcv.models.backbones`): stem and C2..C5, strides 4..32."""
+        expansion = BLOCKS[self.block].expansion
+        info = {"stem": Level(64, 4)}
+        for i in range(len(self.stage_sizes)):
+            info[f"C{i + 2}"] = Level(64 * 2**i * expansion, 2 ** (i + 2))
+        return info
+
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
         if self.block not in BLOCKS:
@@ -191,4 +200,4 @@ def _make(arch: str, /, **kwargs: Any) -> ResNet:
 
 
 for _name in RESNET_CONFIGS:
-    MODELS.register(_name, functools.partial(_make, _name))
+    register_backbone(_name, functools.partial(_make, _name))
