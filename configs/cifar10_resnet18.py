@@ -3,10 +3,11 @@
 Data: `tfds build cifar10 --file_format=array_record` (or let tfds download on first use).
 """
 
-from jaxcv.config import classification_config
+from jaxcv.config import classification_config, parse_config_arg
 
 
 def get_config(arg: str | None = None):
+    args = parse_config_arg(arg)
     c = classification_config()
     c.model.name = "resnet18"
     c.data.name = "cifar10"
@@ -30,7 +31,7 @@ def get_config(arg: str | None = None):
     c.optimizer.weight_decay = 5e-4
     c.schedule.name = "warmup_cosine"
     c.schedule.warmup_steps = 780
-    if arg == "smoke":
+    if "smoke" in args:
         c.batch_size = 8
         c.eval_batch_size = 8
         c.num_train_steps = 2

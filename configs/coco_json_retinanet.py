@@ -5,10 +5,11 @@
       --config.data.val_json=ann/val.json --config.data.val_images=images/val
 """
 
-from jaxcv.config import detection_config
+from jaxcv.config import detection_config, parse_config_arg
 
 
 def get_config(arg: str | None = None):
+    args = parse_config_arg(arg)
     c = detection_config("torchvision")
     c.model.backbone = "resnet50"
     c.data.name = "coco_json"
@@ -29,7 +30,7 @@ def get_config(arg: str | None = None):
     c.schedule.warmup_steps = 500
     c.schedule.boundaries = (14000, 18000)
     c.init_prefix = "backbone"
-    if arg == "smoke":
+    if "smoke" in args:
         c.model.backbone = "resnet18"
         c.model.fpn_channels = 32
         c.data.image_size = 128

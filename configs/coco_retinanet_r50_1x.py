@@ -7,11 +7,12 @@ Data: `tfds build coco/2017 --file_format=array_record`. Backbone: ImageNet ResN
 `python -m jaxcv.convert --arch resnet50 ...` and `--config.init_from=DIR`.
 """
 
-from jaxcv.config import detection_config
+from jaxcv.config import detection_config, parse_config_arg
 
 
 def get_config(arg: str | None = None):
-    preset = "tf_model_garden" if arg == "tf_model_garden" else "torchvision"
+    args = parse_config_arg(arg, ("smoke", "tf_model_garden"))
+    preset = "tf_model_garden" if "tf_model_garden" in args else "torchvision"
     c = detection_config(preset)
     c.model.backbone = "resnet50"
     c.data.name = "coco"
@@ -19,7 +20,7 @@ def get_config(arg: str | None = None):
     c.data.train_split = "train"
     c.data.eval_split = "validation"
     c.data.tfds_data_dir = ""
-    c.data.image_size = 1024 if arg != "smoke" else 128  # long side 1024 (~800 short side), padded
+    c.data.image_size = 128 if "smoke" in args else 1024  # long side 1024 (~800 short side), padded
     c.data.max_boxes = 100
     c.batch_size = 16
     c.eval_batch_size = 16
@@ -36,7 +37,7 @@ def get_config(arg: str | None = None):
     c.schedule.boundaries = (60000, 80000)
     c.schedule.decay_factor = 0.1
     c.init_prefix = "backbone"
-    if arg == "smoke":
+    if "smoke" in args:
         c.model.backbone = "resnet18"
         c.model.fpn_channels = 32
         c.batch_size = 2

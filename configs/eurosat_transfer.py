@@ -6,13 +6,13 @@ resnet18.safetensors --out weights/resnet18`) and pass `--config.init_from=weigh
 with a 10x lower backbone learning rate.
 """
 
-from jaxcv.config import classification_config
+from jaxcv.config import classification_config, parse_config_arg
 
 BACKBONE = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 
 def get_config(arg: str | None = None):
-    args = set((arg or "").split(","))
+    args = parse_config_arg(arg, ("smoke", "frozen"))
     c = classification_config()
     c.model.name = "resnet18"
     c.data.name = "eurosat"

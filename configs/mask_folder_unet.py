@@ -14,10 +14,11 @@ images/ and labels/ (and codes.txt in the folder or its parent).
 
 from ml_collections.config_dict import placeholder
 
-from jaxcv.config import segmentation_config
+from jaxcv.config import parse_config_arg, segmentation_config
 
 
 def get_config(arg: str | None = None):
+    args = parse_config_arg(arg)
     c = segmentation_config()
     c.model.name = "unet_resnet34"
     c.data.name = "mask_folder"
@@ -35,7 +36,7 @@ def get_config(arg: str | None = None):
     c.eval_every = 1000
     c.checkpoint_every = 500
     c.init_prefix = "backbone"
-    if arg == "smoke":
+    if "smoke" in args:
         c.model.name = "unet_resnet18"
         c.data.image_size = 64
         c.batch_size = 2

@@ -5,10 +5,11 @@ Data: `tfds build oxford_iiit_pet --file_format=array_record`. Encoder weights: 
 resnet34 and pass `--config.init_from=DIR` (they load under `backbone`).
 """
 
-from jaxcv.config import segmentation_config
+from jaxcv.config import parse_config_arg, segmentation_config
 
 
 def get_config(arg: str | None = None):
+    args = parse_config_arg(arg)
     c = segmentation_config()
     c.model.name = "unet_resnet34"
     c.data.name = "pets"
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None):
     c.eval_every = 1000
     c.checkpoint_every = 500
     c.init_prefix = "backbone"
-    if arg == "smoke":
+    if "smoke" in args:
         c.model.name = "unet_resnet18"
         c.data.image_size = 64
         c.batch_size = 2

@@ -12,10 +12,11 @@ accuracy stayed near chance for the first ~1000 steps in short CPU runs while th
 
 import ml_collections
 
-from jaxcv.config import base_config
+from jaxcv.config import base_config, cpu_recipe, parse_config_arg, shapes_data, smoke
 
 
 def get_config(arg: str | None = None):
+    args = parse_config_arg(arg)
     c = base_config()
     c.task = "localization"
     # pool="flatten" (the course's head) rather than global average pooling: in a 300-step A/B on these
@@ -25,39 +26,17 @@ def get_config(arg: str | None = None):
         {"name": "localizer", "backbone": "resnet18", "pool": "flatten", "hidden": 256, "dropout_rate": 0.25,
          "box_format": "cxcywh"}
     )
-    c.data.name = "shapes"
-    c.data.image_size = 128
-    c.data.num_train = 4096
-    c.data.num_val = 256
-    c.data.min_objects = 1
-    c.data.max_objects = 3
-    c.data.shape_classes = 3
-    c.data.seed = 0
+    shapes_data(c, max_objects=3)
     c.data.augment = ml_collections.ConfigDict({"hflip": True})
     c.loss = ml_collections.ConfigDict({"cls_weight": 1.0, "box_weight": 5.0})
     c.batch_size = 32
     c.eval_batch_size = 64
-    c.num_train_steps = 1500
     c.log_every = 50
     c.checkpoint_every = 500
+    c.evals = ml_collections.ConfigDict({"localization": {"type": "localization"}})
     c.checkpoint.best_metric = "mean_iou"
-    c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.clip_grad_norm = 10.0
-    c.schedule.name = "warmup_cosine"
-    c.schedule.warmup_steps = 100
-    if arg == "smoke":
-        c.data.image_size = 64
-        c.data.num_train = 64
-        c.data.num_val = 16
-        c.batch_size = 8
-        c.eval_batch_size = 8
-        c.num_train_steps = 4
-        c.log_every = 2
-        c.checkpoint_every = 2
-        c.schedule.warmup_steps = 1
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
+    cpu_recipe(c, steps=1500)
+    if "smoke" in args:
+        smoke(c, **{"data.image_size": 64})
     c.lock()
     return c

@@ -3,10 +3,11 @@
     python -m jaxcv.main --config=configs/synthetic_classification.py --workdir=runs/synthetic_cls
 """
 
-from jaxcv.config import classification_config
+from jaxcv.config import classification_config, parse_config_arg
 
 
 def get_config(arg: str | None = None):
+    args = parse_config_arg(arg)
     c = classification_config()
     c.model.name = "small_cnn"
     c.data.name = "synthetic_classification"
@@ -26,7 +27,7 @@ def get_config(arg: str | None = None):
     c.optimizer.learning_rate = 2e-3
     c.optimizer.weight_decay = 1e-4
     c.schedule.warmup_steps = 20
-    if arg == "smoke":
+    if "smoke" in args:
         c.data.num_train = 256
         c.data.num_val = 64
         c.batch_size = 16

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from jaxcv.ops.conv import CONV_IMPLS
-
-RETINANET_PRESETS = ("torchvision", "tf_model_garden")
 
 
 def load_config_file(spec: str | Path, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
@@ -39,6 +37,16 @@ def load_config_file(spec: str | Path, overrides: Mapping[str, Any] | None = Non
                 raise KeyError(f"config has no key {key!r}")
             node[leaf] = value
     return config
+
+
+def parse_config_arg(arg: str | None, allowed: Sequence[str] = ("smoke",)) -> frozenset[str]:
+    """A config file's `:ARG` as its set of comma-separated words (`:frozen,smoke`); every config parses it
+    this way, and an unknown word fails naming the ones that config knows."""
+    words = frozenset(w for w in (arg or "").split(",") if w)
+    unknown = sorted(words - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown config argument(s) {unknown}; this config knows: {', '.join(allowed)}")
+    return words
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -103,72 +111,33 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_prefix = ""
     c.skip_nonfinite = False  # True: drop updates with NaN/Inf instead of stopping
     c.predict = ml_collections.ConfigDict({"inputs": "", "outdir": "", "score_thresh": 0.3})
-    c.eval = ml_collections.ConfigDict({"void_class": -1})
+    # Evaluators, big_vision style: {name: {"type": registered evaluator, **its kwargs}} (jaxcv.tasks.base)
+    c.evals = ml_collections.ConfigDict()
     return c
 
 
-def detection_config(preset: str = "torchvision") -> ml_collections.ConfigDict:
-    """RetinaNet defaults. `preset` picks the conventions that differ between the references:
+def detection_config(preset: str = "torchvision", head: str = "retinanet") -> ml_collections.ConfigDict:
+    """Detection defaults: the task's keys here, the head's sections (`anchors`, `loss`, `postprocess`, ...)
+    from the head named `head` (`jaxcv.detectors`), which states its own defaults. `preset` is the head's
+    (RetinaNet: "torchvision" or "tf_model_garden", see `jaxcv.detectors.retinanet.RetinaNetHead`)."""
+    from jaxcv.detectors import head_class
 
-    - "torchvision": ignore band [0.4, 0.5), focal gamma 2 / alpha 0.25, L1 box loss on encoded
-      boxes, loss normalized per image by its foreground count, torchvision anchors.
-    - "tf_model_garden": same IoU band, gamma 1.5, Huber (smooth L1, delta 0.1) box loss with weight
-      50, normalized by the global batch's foreground count, anchors centred at (i+0.5)*stride.
-    """
-    if preset not in RETINANET_PRESETS:
-        raise ValueError(f"unknown RetinaNet preset {preset!r}; known: {RETINANET_PRESETS}")
     c = base_config()
     c.task = "detection"
+    c.head = head
     c.model = ml_collections.ConfigDict(
         {"name": "retinanet", "backbone": "resnet50", "fpn_channels": 256, "head_norm": False,
-         "p6_from": "p5", "freeze_backbone_bn": True}
+         "p6_from": "c5" if preset == "tf_model_garden" else "p5", "freeze_backbone_bn": True}
     )
     c.data.max_boxes = 32
     # "contiguous": class k = the k-th category in sorted id order (num_classes = #categories);
     # "category_id": class k = category id k (num_classes = max id + 1; torchvision's COCO detectors: 91)
     c.data.label_map = "contiguous"
     c.data.augment = ml_collections.ConfigDict({"hflip": True, "scale_jitter": (), "photometric": False})
-    c.anchors = ml_collections.ConfigDict(
-        {
-            "levels": (3, 4, 5, 6, 7),
-            "sizes": (32.0, 64.0, 128.0, 256.0, 512.0),
-            "scales": (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
-            "aspect_ratios": (0.5, 1.0, 2.0),
-            "convention": "torchvision",
-            # "pyramid" (the above) | "grid": SSD-style k x k grids for `ssd_grid` (jaxcv.ops.anchors.grid_anchors)
-            "kind": "pyramid",
-            "grid_sizes": (4, 2, 1),
-            "zooms": (0.75, 1.0, 1.3),
-            "ratios": (1.0, 2.0, 0.5),
-        }
-    )
-    c.loss = ml_collections.ConfigDict(
-        {
-            "classification": "focal",  # or "bce" (= focal with gamma 0, alpha -1)
-            "alpha": 0.25,
-            "gamma": 2.0,
-            "box_loss": "l1",
-            "smooth_l1_beta": 1.0 / 9,
-            "box_weight": 1.0,
-            "normalizer": "per_image",
-            "fg_iou": 0.5,
-            "bg_iou": 0.4,
-            "allow_low_quality_matches": True,
-            "coder_weights": (1.0, 1.0, 1.0, 1.0),
-        }
-    )
-    c.postprocess = ml_collections.ConfigDict(
-        {"score_thresh": 0.05, "topk_candidates": 1000, "nms_thresh": 0.5, "detections_per_img": 100}
-    )
+    for section, defaults in head_class(head).default_config(preset).items():
+        c[section] = defaults
+    c.evals = ml_collections.ConfigDict({"coco": {"type": "coco"}})
     c.checkpoint.best_metric = "AP"
-    if preset == "tf_model_garden":
-        c.anchors.convention = "tf_model_garden"
-        c.loss.gamma = 1.5
-        c.loss.box_loss = "smooth_l1"
-        c.loss.smooth_l1_beta = 0.1
-        c.loss.box_weight = 50.0
-        c.loss.normalizer = "global"
-        c.model.p6_from = "c5"
     return c
 
 
@@ -180,6 +149,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(
         {"name": "ce_dice", "ce_weight": 1.0, "dice_weight": 1.0, "class_weights": ()}
     )
+    c.evals = ml_collections.ConfigDict({"segmentation": {"type": "segmentation", "void_class": -1}})
     c.checkpoint.best_metric = "mIoU"
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 1e-3
@@ -197,8 +167,48 @@ def classification_config() -> ml_collections.ConfigDict:
     )
     c.multilabel = False
     c.loss = ml_collections.ConfigDict({"label_smoothing": 0.0})
+    c.evals = ml_collections.ConfigDict({"classification": {"type": "classification"}})
     c.checkpoint.best_metric = "accuracy"
     return c
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces the shapes configs share (configs/shapes_*.py derive from these)
+# --------------------------------------------------------------------------------------------------
+
+
+def shapes_data(c: ml_collections.ConfigDict, segmentation: bool = False, **values: Any) -> None:
+    """Sets `c.data` to the built-in synthetic shapes (`jaxcv.data.shapes`): 3 shape classes, 4096 train and
+    256 held-out images of 128 px, 1-5 objects, seed 0; `values` override (`min_objects=2`, ...)."""
+    c.data.name = "shapes_segmentation" if segmentation else "shapes"
+    fields = {"image_size": 128, "num_train": 4096, "num_val": 256, "min_objects": 1, "max_objects": 5,
+              "shape_classes": 3, "seed": 0, **values}
+    for key, value in fields.items():
+        c.data[key] = value
+
+
+def cpu_recipe(c: ml_collections.ConfigDict, steps: int, warmup: int = 100) -> None:
+    """The from-scratch recipe of the CPU-sized configs: AdamW 1e-3 (weight decay 1e-4), gradient norm
+    clipped at 10, linear warmup then cosine decay over `steps`."""
+    c.optimizer.update({"name": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-4, "clip_grad_norm": 10.0})
+    c.schedule.update({"name": "warmup_cosine", "warmup_steps": warmup})
+    c.num_train_steps = steps
+
+
+def smoke(c: ml_collections.ConfigDict, **values: Any) -> None:
+    """The `:smoke` sizes every config shares (a seconds-long run for tests): 4 steps of batch 8 on 64
+    train / 16 held-out items (where the dataset has such counts), logging and checkpointing every 2."""
+    for key in ("num_train", "num_val"):
+        if key in c.data:
+            c.data[key] = 64 if key == "num_train" else 16
+    c.update({"batch_size": 8, "eval_batch_size": 8, "num_train_steps": 4, "log_every": 2, "checkpoint_every": 2})
+    c.schedule.warmup_steps = 1
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = c
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,8 +217,6 @@ def classification_config() -> ml_collections.ConfigDict:
 
 # float64 checks numerics: the float32 init, then params and compute in float64; needs JAX_ENABLE_X64=1.
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-BOX_LOSSES = ("l1", "smooth_l1", "giou")  # jaxcv.losses.retinanet_loss
-LOSS_NORMALIZERS = ("per_image", "global")
 
 
 def _fail(key: str, value: object, problem: str) -> None:
@@ -259,6 +267,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.get("conv_impl", "auto") not in CONV_IMPLS:
         _fail("conv_impl", config.conv_impl, f"unknown; known: {', '.join(CONV_IMPLS)}")
     data = config.get("data") or {}
+    if data.get("name"):
+        from jaxcv.data import check_data_keys
+
+        check_data_keys(data)
     if data.get("bad_input", "fail") not in ("fail", "skip"):
         _fail("data.bad_input", data.bad_input, "must be 'fail' or 'skip'")
     if not data.get("name"):
@@ -286,11 +298,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for prefix, factor in (config.get("lr_multipliers") or {}).items():
         if not _number(factor) or factor < 0:
             _fail(f"lr_multipliers.{prefix}", factor, "must be a number >= 0")
-    loss = config.get("loss") or {}
-    if "box_loss" in loss and loss.box_loss not in BOX_LOSSES:
-        _fail("loss.box_loss", loss.box_loss, f"unknown box loss; known: {', '.join(BOX_LOSSES)}")
-    if "normalizer" in loss and loss.normalizer not in LOSS_NORMALIZERS:
-        _fail("loss.normalizer", loss.normalizer, f"unknown; known: {', '.join(LOSS_NORMALIZERS)}")
     init_from = config.get("init_from")
     if init_from:
         from pathlib import Path

@@ -518,22 +518,13 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not any(a.startswith(("-v", "--v", "--verbosity")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)  # orbax INFO lines would drown the output
+    from jaxcv.runtime import use_compilation_cache
+
     use_compilation_cache()
     f = flags.FLAGS
     path = explain(f.workdir, f.what, f.out, f.image, f.layer, None if f.channel < 0 else f.channel,
                    None if f.class_index < 0 else f.class_index, f.num, f.steps, f.lr)
     print(f"[jaxcv] wrote {path}", flush=True)
-
-
-def use_compilation_cache() -> None:
-    """The persistent XLA cache that `jaxcv.main` uses, so repeated commands skip compiling."""
-    import os
-
-    import jax
-
-    cache = os.environ.get("JAXCV_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxcv/xla"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _define_flags() -> None:

@@ -231,23 +231,6 @@ def soft_dice_loss(
     return jnp.mean(per_class)
 
 
-def ce_dice_loss(
-    logits: jax.Array,
-    labels: jax.Array,
-    num_classes: int,
-    ignore_index: int = 255,
-    ce_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    class_weights: jax.Array | None = None,
-    smooth: float = 1.0,
-    classes_present_only: bool = True,
-) -> jax.Array:
-    """ce_weight * segmentation_cross_entropy + dice_weight * soft_dice_loss (same ignore handling)."""
-    ce = segmentation_cross_entropy(logits, labels, ignore_index, class_weights)
-    dice = soft_dice_loss(logits, labels, num_classes, ignore_index, smooth, classes_present_only)
-    return ce_weight * ce + dice_weight * dice
-
-
 def _binary_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Accepts logits [B, H, W] or [B, H, W, 1] for labels [B, H, W]; returns float32 [B, H, W]."""
     if logits.ndim == labels.ndim + 1 and logits.shape[-1] == 1:

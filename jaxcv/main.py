@@ -62,9 +62,9 @@ def main(argv: list[str]) -> None:
     import jax
 
     if FLAGS.compilation_cache:
-        cache = os.environ.get("JAXCV_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxcv/xla"))
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        from jaxcv.runtime import use_compilation_cache
+
+        use_compilation_cache()
     if FLAGS.coordinator or FLAGS.distributed:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id

@@ -10,8 +10,10 @@ RetinaNet 1x recipe: x0.1 at 60k and 80k), end_factor (cosine floor).
 `config.lr_multipliers`: {prefix: factor}, e.g. {"backbone": 0.1} for fine-tuning with a lower
 backbone rate. The longest matching prefix wins.
 
-Weight decay skips BatchNorm/GroupNorm parameters and biases (every parameter with ndim <= 1), as
-is standard for ResNets (Goyal et al. 2017) and detectron2.
+Weight decay by parameter role (`decay_mask`): only weights that multiply activations decay, i.e. conv
+and dense kernels and embedding tables; norm scales and offsets, biases, position embeddings and class /
+mask tokens do not (Goyal et al. 2017 and detectron2 for norms and biases; timm's `no_weight_decay`
+for `pos_embed` and `cls_token`, BEiT / SAM for relative-position tables), whatever their rank.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import ml_collections
 import optax
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
+# Leaf names of the parameters that decay: linen's Conv/Dense `kernel` and Embed `embedding`.
+DECAYED = frozenset({"kernel", "embedding"})
 SCHEDULES = ("constant", "warmup_cosine", "step", "onecycle")
 
 
@@ -79,12 +83,22 @@ def param_labels(params: Any, freeze: list[str], multipliers: Mapping[str, float
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def _base_optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule, decay_mask: Any):
+def decay_mask(params: Any) -> Any:
+    """True for each parameter that weight decay applies to (see the module docstring): by its name, so a
+    ViT's 2-D `pos_embed` or a `cls_token` is excluded although it has more than one dimension."""
+
+    def decays(path: tuple[Any, ...], _: Any) -> bool:
+        return str(getattr(path[-1], "key", path[-1])) in DECAYED
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _base_optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule, mask: Any):
     name = cfg.get("name", "sgd")
     wd = float(cfg.get("weight_decay", 0.0))
     if name == "sgd":
         return optax.chain(
-            optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
+            optax.add_decayed_weights(wd, mask=mask) if wd else optax.identity(),
             optax.sgd(lr, momentum=cfg.get("momentum", 0.9) or None, nesterov=cfg.get("nesterov", False)),
         )
     if name in ("adamw", "adam"):
@@ -94,7 +108,7 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule, decay_ma
             b2=cfg.get("b2", 0.999),
             eps=cfg.get("eps", 1e-8),
             weight_decay=wd if name == "adamw" else 0.0,
-            mask=decay_mask,
+            mask=mask,
         )
     raise ValueError(f"unknown optimizer.name {name!r}; known: {', '.join(OPTIMIZERS)}")
 
@@ -103,7 +117,7 @@ def create_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Gr
     """The optimizer for `params`, with schedule, decay mask, clipping, freezing and multipliers."""
     ocfg = config.optimizer
     schedule = create_schedule(config.schedule, float(ocfg.learning_rate), int(config.num_train_steps))
-    decay_mask = jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+    mask = decay_mask(params)
     multipliers = dict(config.get("lr_multipliers", {}) or {})
     freeze = list(config.get("freeze", ()) or ())
     labels = param_labels(params, freeze, multipliers)
@@ -113,11 +127,11 @@ def create_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Gr
             raise ValueError(f"freeze/lr_multipliers prefix {prefix!r} matches no parameter path")
     transforms: dict[str, optax.GradientTransformation] = {
         "frozen": optax.set_to_zero(),
-        "default": _base_optimizer(ocfg, schedule, decay_mask),
+        "default": _base_optimizer(ocfg, schedule, mask),
     }
     for prefix, factor in multipliers.items():
         transforms[f"mult:{prefix}"] = _base_optimizer(
-            ocfg, lambda step, f=float(factor): f * schedule(step), decay_mask
+            ocfg, lambda step, f=float(factor): f * schedule(step), mask
         )
     clip = float(ocfg.get("clip_grad_norm", 0.0) or 0.0)
     return optax.chain(

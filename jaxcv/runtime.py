@@ -25,6 +25,17 @@ import os
 import platform
 from importlib import metadata
 
+
+def use_compilation_cache() -> None:
+    """The persistent XLA compilation cache of the command-line tools (`JAXCV_COMPILATION_CACHE`, default
+    ~/.cache/jaxcv/xla), so repeated commands skip compiling."""
+    import jax
+
+    cache = os.environ.get("JAXCV_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxcv/xla"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSIONS = "individual_dot,dot,eltwise,reduce"
 # glibc mallopt parameters (malloc.h)

@@ -89,24 +89,24 @@ def _class_tile(image: np.ndarray, text: str, fill: tuple[int, int, int] = (0, 0
     return viz.caption(_enlarged(image)[0], text, fill)
 
 
-def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int) -> list[Image.Image]:
-    """Pictures of a transformed batch, drawn by what it holds: one per example (boxes or class names),
-    two for segmentation (image | mask)."""
+def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int, kind: str) -> list[Image.Image]:
+    """Pictures of a transformed batch, drawn as the task says (`Task.picture_kind`): one per example (boxes
+    or class names), two for segmentation (image | mask)."""
     tiles = []
     for b in range(min(num, len(batch["image"]))):
         image = batch["image"][b]
-        if "box_mask" in batch:  # detection: boxes padded to max_boxes
+        if kind == "boxes":  # detection: boxes padded to max_boxes
             keep = np.asarray(batch["box_mask"][b], bool)
             n = int(keep.sum())
             tiles.append(_box_tile(image, batch["boxes"][b][keep], batch["labels"][b][keep], None, names,
                                    f"{n} object{'' if n == 1 else 's'}"))
-        elif "has_box" in batch:  # localization: one relative box
+        elif kind == "box":  # localization: one relative box
             s = image.shape[0]
             boxes = batch["box"][b][None] * s if batch["has_box"][b] else np.zeros((0, 4))
             tiles.append(_box_tile(image, boxes, [int(batch["label"][b])] * len(boxes), None, names, "largest"))
-        elif "mask" in batch:
+        elif kind == "mask":
             tiles += [_image_tile(image), _mask_tile(image, batch["mask"][b], names)]
-        elif "labels" in batch:  # multi-label, multi-hot
+        elif kind == "labels":  # multi-label, multi-hot
             present = np.flatnonzero(np.asarray(batch["labels"][b]) > 0.5)
             tiles.append(_class_tile(image, ", ".join(_names(names, int(c)) for c in present) or "(none)"))
         else:
@@ -115,29 +115,29 @@ def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int) ->
 
 
 def result_tiles(batch: dict[str, np.ndarray], preds: dict[str, np.ndarray], names: Sequence[str],
-                 num: int, score_thresh: float) -> list[Image.Image]:
+                 num: int, score_thresh: float, kind: str) -> list[Image.Image]:
     """Prediction and ground truth per valid example of an eval batch: one captioned picture
     (classification), truth | prediction (boxes), image | truth | prediction (segmentation)."""
     tiles = []
     for b in np.flatnonzero(np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool)), bool))[:num]:
         image = batch["image"][b]
-        if "box_mask" in batch:
+        if kind == "boxes":
             keep = np.asarray(batch["box_mask"][b], bool)
             tiles.append(_box_tile(image, batch["boxes"][b][keep], batch["labels"][b][keep], None, names,
                                    "ground truth"))
             det = np.asarray(preds["valid"][b], bool) & (np.asarray(preds["scores"][b]) >= score_thresh)
             tiles.append(_box_tile(image, preds["boxes"][b][det], preds["labels"][b][det], preds["scores"][b][det],
                                    names, f"predicted (score >= {score_thresh:g})"))
-        elif "has_box" in batch:
+        elif kind == "box":
             s = image.shape[0]
             gt = batch["box"][b][None] * s if batch["has_box"][b] else np.zeros((0, 4))
             tiles.append(_box_tile(image, gt, [int(batch["label"][b])] * len(gt), None, names, "ground truth"))
             tiles.append(_box_tile(image, preds["boxes"][b][None] * s, [int(preds["labels"][b])],
                                    [float(preds["scores"][b])], names, "predicted"))
-        elif "mask" in batch:
+        elif kind == "mask":
             tiles += [_image_tile(image, "image"), _mask_tile(image, batch["mask"][b], names, "truth:"),
                       _mask_tile(image, preds["pred"][b], names, "predicted:")]
-        elif "labels" in batch:
+        elif kind == "labels":
             probs = 1 / (1 + np.exp(-np.asarray(preds["logits"][b], np.float64)))
             gt = {int(c) for c in np.flatnonzero(np.asarray(batch["labels"][b]) > 0.5)}
             pred = {int(c) for c in np.flatnonzero(probs >= 0.5)}
@@ -154,11 +154,11 @@ def result_tiles(batch: dict[str, np.ndarray], preds: dict[str, np.ndarray], nam
     return tiles
 
 
-def _per_example(batch: dict[str, np.ndarray], results: bool) -> int:
-    """How many pictures `batch_tiles` / `result_tiles` draw per example (same branch order)."""
-    if "box_mask" in batch or "has_box" in batch:
+def _per_example(kind: str, results: bool) -> int:
+    """How many pictures `batch_tiles` / `result_tiles` draw per example."""
+    if kind in ("boxes", "box"):
         return 2 if results else 1
-    if "mask" in batch:
+    if kind == "mask":
         return 3 if results else 2
     return 1
 
@@ -195,14 +195,15 @@ def show(config: ml_collections.ConfigDict | None, what: str, workdir: str | Pat
     out = Path(out) if out else (Path(workdir) if workdir else Path(".")) / f"show_{what}.png"
     trainer = Trainer(config, workdir or ".")
     names = class_names(trainer.task)
+    kind = trainer.task.picture_kind
     tiles: list[Image.Image] = []
     if what == "batch":
         batches = trainer.loader("train", train=True).train_batches(step)
         shown, per_example = 0, 1
         while shown < num:
             batch = next(batches)
-            per_example = _per_example(batch, results=False)
-            new = batch_tiles(batch, names, num - shown)
+            per_example = _per_example(kind, results=False)
+            new = batch_tiles(batch, names, num - shown, kind)
             tiles += new
             shown += len(new) // per_example
     else:
@@ -215,8 +216,8 @@ def show(config: ml_collections.ConfigDict | None, what: str, workdir: str | Pat
         shown = 0
         per_example = 1
         for batch, preds in _eval_pairs(trainer, state):
-            per_example = _per_example(batch, results=True)
-            new = result_tiles(batch, preds, names, num - shown, thresh)
+            per_example = _per_example(kind, results=True)
+            new = result_tiles(batch, preds, names, num - shown, thresh, kind)
             tiles += new
             shown += len(new) // per_example
             if shown >= num:
@@ -252,7 +253,7 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not any(a.startswith(("-v", "--v", "--verbosity")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)  # orbax INFO lines would drown the output
-    from jaxcv.explain import use_compilation_cache
+    from jaxcv.runtime import use_compilation_cache
 
     use_compilation_cache()
     f = flags.FLAGS

@@ -158,6 +158,7 @@ class Trainer:
         self.workdir = Path(workdir)
         self.task = create_task(config)
         self.task.validate()
+        self.task.evaluator_specs()  # unknown evaluator types fail here, before compiling
         self._check_param_prefixes()
         self.mesh = create_mesh()
         self.data_sharding = NamedSharding(self.mesh, P("data"))

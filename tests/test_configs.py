@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jaxcv.config import load_config_file
+from jaxcv.config import load_config_file, validate_config
 from jaxcv.tasks import create_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +82,11 @@ def test_config_builds_model_and_pipeline(path: Path, tmp_path: Path):
             config.data.train_dir = user["seg"]
             config.data.valid_list = "valid.txt"
             config.data.void_class = "Void"
+    validate_config(config)  # includes: every config.data key is one its dataset reads
     with tfds.testing.mock_data(num_examples=4, **mock_kwargs(config)):
         task = create_task(config)
         task.validate()
+        task.evaluator_specs()
         model = task.create_model()
         variables = jax.eval_shape(
             lambda: model.init(jax.random.key(0), task.dummy_input(), train=False)
@@ -95,6 +97,20 @@ def test_config_builds_model_and_pipeline(path: Path, tmp_path: Path):
             s = config.data.image_size
             assert example["image"].shape == (s, s, 3), (path.name, split)
             assert np.isfinite(example["image"]).all()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_rejects_an_unknown_argument(path: Path):
+    with pytest.raises(ValueError, match=r"unknown config argument\(s\) \['smok'\]; this config knows: .*smoke"):
+        load_config(path, "smok")
+
+
+def test_misspelt_data_key_in_a_config_file_fails():
+    config = load_config(ROOT / "configs" / "shapes_retinanet.py")
+    with config.unlocked():
+        config.data.min_objets = 2  # a config file's typo: ConfigDicts accept new keys while unlocked
+    with pytest.raises(ValueError, match=r"'min_objets' \(did you mean 'min_objects'\?\)"):
+        validate_config(config)
 
 
 def run_main(*args: str) -> subprocess.CompletedProcess:

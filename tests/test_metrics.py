@@ -8,18 +8,15 @@ import pytest
 from PIL import Image
 
 from jaxcv.evaluation import (
-    EVALUATORS,
     ClassificationEvaluator,
     ConfusionMatrix,
     average_precision,
-    coco_evaluate,
     confusion_matrix,
     multilabel_f1,
     multilabel_map,
     precision_recall_from_confusion,
     save_confusion_matrix,
     topk_accuracy,
-    voc_evaluate,
 )
 
 # ---------------------------------------------------------------- segmentation
@@ -191,11 +188,3 @@ def test_multilabel_f1_and_map() -> None:
     assert res["mAP"] == pytest.approx(m["mAP"])
     f1 = multilabel_f1(1 / (1 + np.exp(-scores)), targets)
     np.testing.assert_allclose(res["per_class_f1"], f1["per_class_f1"])
-
-
-def test_registry() -> None:
-    assert EVALUATORS.names() == ["classification", "coco", "segmentation", "voc"]
-    assert EVALUATORS.get("coco") is coco_evaluate and EVALUATORS.get("voc") is voc_evaluate
-    assert EVALUATORS.get("segmentation") is ConfusionMatrix
-    with pytest.raises(KeyError, match="registered: classification, coco"):
-        EVALUATORS.get("nope")

@@ -9,7 +9,6 @@ from jaxcv.losses import (
     binary_ce_dice_loss,
     binary_dice_loss,
     binary_segmentation_cross_entropy,
-    ce_dice_loss,
     segmentation_cross_entropy,
     soft_dice_loss,
 )
@@ -142,14 +141,6 @@ def test_dice_jits_with_static_num_classes():
         _np_dice(logits, labels, K, 1.0, True),
         rtol=1e-5,
     )
-
-
-def test_ce_dice_is_weighted_sum():
-    logits, labels = _batch(8)
-    lg, lb = jnp.asarray(logits), jnp.asarray(labels)
-    got = ce_dice_loss(lg, lb, K, ce_weight=0.7, dice_weight=2.0)
-    want = 0.7 * _np_ce(logits, labels) + 2.0 * _np_dice(logits, labels, K, 1.0, True)
-    np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
 def _np_bce(x, y, pos_weight=1.0):

@@ -148,26 +148,26 @@ def test_gallery_tiles_draw_what_the_batch_holds():
     det = {"image": image, "boxes": np.array([[[4, 4, 20, 20], [0, 0, 0, 0]]] * 2, np.float32),
            "labels": np.array([[1, 0]] * 2, np.int32), "box_mask": np.array([[True, False]] * 2),
            "valid": np.array([True, False])}
-    tiles = show.batch_tiles(det, ["a", "b"], 16)
+    tiles = show.batch_tiles(det, ["a", "b"], 16, "boxes")
     assert len(tiles) == 2
     px = np.asarray(tiles[0])
     factor = 4  # 32 px images are enlarged to 128 px
     assert tuple(px[10 * factor, 4 * factor]) == show.viz.color(1)  # left edge of the box, class 1's colour
     preds = {"boxes": det["boxes"], "labels": det["labels"], "scores": np.array([[0.9, 0.1]] * 2, np.float32),
              "valid": det["box_mask"]}
-    assert len(show.result_tiles(det, preds, ["a", "b"], 16, 0.5)) == 2  # one valid example: truth | prediction
+    assert len(show.result_tiles(det, preds, ["a", "b"], 16, 0.5, "boxes")) == 2  # one valid example: truth | prediction
     mask = np.zeros((2, 32, 32), np.int32)
     mask[:, 8:16, 8:16] = 2
-    seg_tiles = show.batch_tiles({"image": image, "mask": mask}, ["background", "x", "y"], 1)
+    seg_tiles = show.batch_tiles({"image": image, "mask": mask}, ["background", "x", "y"], 1, "mask")
     assert len(seg_tiles) == 2  # image | mask
     seg = np.asarray(seg_tiles[1])
     assert tuple(seg[12 * factor, 12 * factor]) == show.viz.color(1) and tuple(seg[2, 2]) == (0, 0, 0)
     seg_preds = {"pred": np.zeros((2, 32, 32), np.int32)}
     seg_batch = {"image": image, "mask": mask, "valid": np.array([True, False])}
-    assert len(show.result_tiles(seg_batch, seg_preds, ["background", "x", "y"], 16, 0.5)) == 3
+    assert len(show.result_tiles(seg_batch, seg_preds, ["background", "x", "y"], 16, 0.5, "mask")) == 3
     logits = rng.normal(size=(2, 3)).astype(np.float32)
     cls = {"image": image, "label": np.array([0, 2], np.int32), "valid": np.array([True, True])}
-    res = show.result_tiles(cls, {"logits": logits}, ["a", "b", "c"], 16, 0.5)
+    res = show.result_tiles(cls, {"logits": logits}, ["a", "b", "c"], 16, 0.5, "label")
     assert len(res) == 2 and all(t.height > 128 for t in res)  # the caption strip under the image
 
 

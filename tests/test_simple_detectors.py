@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+import jaxcv.detectors.ssd  # noqa: F401  (registers the ssd_grid model)
 from jaxcv.config import load_config_file
 from jaxcv.data.loader import Loader
 from jaxcv.models import create_model
@@ -107,8 +108,8 @@ def test_relative_boxes_are_valid():
     with pytest.raises(ValueError, match="box_format"):
         relative_boxes(raw, "xywh")
     x = jnp.zeros((1, 32, 32, 3))
-    with pytest.raises(ValueError, match="unsupported backbone"):
-        m = create_model("ssd_grid", num_classes=2, backbone="small_cnn")
+    with pytest.raises(KeyError, match="unknown backbone"):
+        m = create_model("ssd_grid", num_classes=2, backbone="no_such_net")
         jax.eval_shape(lambda: m.init(jax.random.key(0), x))
 
 
@@ -189,8 +190,8 @@ def test_detection_task_grid_anchors_and_bce_switch():
     task = create_task(config)
     task.validate()
     anchors, per_grid = grid_anchors((64, 64), (4, 2, 1), (0.75, 1.0, 1.3), (1.0, 2.0, 0.5))
-    np.testing.assert_array_equal(task.anchors, anchors)
-    assert task.num_anchors_per_level == per_grid
+    np.testing.assert_array_equal(task.head.anchors, anchors)
+    assert task.head.num_anchors_per_level == per_grid
     kwargs = task.model_kwargs()
     assert kwargs["num_anchors"] == 9 and kwargs["grid_sizes"] == (4, 2, 1)
 

@@ -63,3 +63,75 @@ def denormalize(image: np.ndarray) -> np.ndarray:
     """Inverse of `normalize`, to uint8 for drawing."""
     x = (np.asarray(image, np.float32) * IMAGENET_STD + IMAGENET_MEAN) * 255.0
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLIT_IDS = {"train": 0, "validation": 1}
+
+
+def cfg_get(config: Any, name: str, default: Any = None) -> Any:
+    """`config.name` if set (and not None) on a ConfigDict/dict, else `default`."""
+    if config is None:
+        return default
+    value = config.get(name, default)
+    return default if value is None else value
+
+
+def split_id(split: str) -> int:
+    """"train" -> 0, "validation" -> 1 (the only split names factories accept)."""
+    if split not in SPLIT_IDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
+    return SPLIT_IDS[split]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursive, sorted), by extension, case-insensitive."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+# dataset base name -> (train split, eval split) used when data.train_split / data.eval_split are unset.
+DEFAULT_TFDS_SPLITS = {
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "eurosat": ("train[:80%]", "train[80%:]"),  # EuroSAT has only a train split
+    "oxford_iiit_pet": ("train", "test"),
+}
+
+
+def tfds_split(data_config: Any, name: str, split: str) -> str:
+    """The TFDS split string for "train"/"validation": `data.train_split`/`data.eval_split` or a
+    per-dataset default (`DEFAULT_TFDS_SPLITS`, else "train"/"test")."""
+    base = name.split(":")[0].split("/")[0]
+    train, val = DEFAULT_TFDS_SPLITS.get(base, ("train", "test"))
+    if split_id(split) == 0:
+        return cfg_get(data_config, "train_split", train)
+    return cfg_get(data_config, "eval_split", val)
+
+
+def open_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[Any, Any]:
+    """Random-access TFDS split via `tfds.data_source` (array_record files; no download).
+
+    Returns `(data_source, dataset_info)`. A dataset that is not prepared (or prepared only as
+    TFRecord) raises DataError with the command that prepares it.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        tfds.builder_cls(name.split(":")[0].split("/")[0])
+    except Exception as e:  # DatasetNotFoundError
+        raise DataError(f"unknown tfds dataset {name!r}") from e
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:
+        where = f" --data_dir={data_dir}" if data_dir else ""
+        raise DataError(
+            f"tfds dataset {name!r} split {split!r} is not available for random access"
+            f"{' in ' + str(data_dir) if data_dir else ''} ({type(e).__name__}: {e}). Prepare it once as "
+            f"array_record: `tfds build {name.split(':')[0]} --file_format=array_record{where}` (or "
+            f"`tfds.builder({name!r}, file_format='array_record').download_and_prepare()`); data already "
+            "prepared as TFRecord can be converted with `tfds convert_format --out_file_format=array_record`."
+        ) from e
+    info = getattr(source, "dataset_info", None)
+    if info is None:
+        info = tfds.builder(name, data_dir=data_dir).info
+    return source, info

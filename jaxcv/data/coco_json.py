@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxcv.data import DATASETS
-from jaxcv.data.base import DataError, load_image
-from jaxcv.data.classification import cfg_get, split_id
+from jaxcv.data import register_dataset
+from jaxcv.data.base import DataError, cfg_get, load_image, split_id
 
 SINGULAR = {"images": "image", "annotations": "annotation", "categories": "category"}
 REQUIRED = {"images": ("id", "file_name"), "annotations": ("id", "image_id", "category_id", "bbox"),
@@ -159,4 +158,4 @@ def coco_json(data_config: Any, split: str) -> CocoJsonSource:
     return CocoJsonSource(json_path, images, bad_input=cfg_get(data_config, "bad_input", "fail"))
 
 
-DATASETS.register("coco_json", coco_json)
+register_dataset("coco_json", coco_json, ("train_json", "train_images", "val_json", "val_images"))

@@ -18,9 +18,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jaxcv.data import DATASETS
-from jaxcv.data.base import IGNORE_INDEX, DataError, load_image, normalize
-from jaxcv.data.classification import cfg_get, list_images, open_tfds, split_id, tfds_split
+from jaxcv.data import TFDS_KEYS, register_dataset
+from jaxcv.data.base import (
+    IGNORE_INDEX,
+    DataError,
+    cfg_get,
+    list_images,
+    load_image,
+    normalize,
+    open_tfds,
+    split_id,
+    tfds_split,
+)
+from jaxcv.data.shapes import SHAPES_KEYS
 
 Example = dict[str, Any]
 Transform = Callable[[Example, np.random.Generator], Example]
@@ -367,6 +377,7 @@ def make_segmentation_transform(
     return transform
 
 
-DATASETS.register("pets", pets)
-DATASETS.register("mask_folder", mask_folder)
-DATASETS.register("shapes_segmentation", shapes_segmentation)
+register_dataset("pets", pets, TFDS_KEYS)
+register_dataset("mask_folder", mask_folder, ("train_dir", "val_dir", "valid_list", "codes_file", "label_pattern",
+                                              "void_class", "void_value", "mask_mismatch"))
+register_dataset("shapes_segmentation", shapes_segmentation, SHAPES_KEYS)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jaxcv.data import DATASETS
-from jaxcv.data.classification import cfg_get, split_id
+from jaxcv.data import register_dataset
+from jaxcv.data.base import cfg_get, split_id
 
 SHAPE_NAMES = ("circle", "square", "triangle", "ellipse", "star", "ring")
 
@@ -215,10 +215,6 @@ class ShapesDetection:
         ex = self[index]
         return {"image": ex["image"], "mask": ex["semantic"]}
 
-    @property
-    def segmentation_class_names(self) -> list[str]:
-        return ["background", *self.class_names]
-
     def coco_ground_truth(self) -> dict[str, Any]:
         """The split as a COCO-format dict (images, annotations, categories), for COCO evaluation.
 
@@ -271,4 +267,5 @@ def shapes(data_config: Any, split: str) -> ShapesDetection:
     return ShapesDetection(shapes_config_from(data_config), split)
 
 
-DATASETS.register("shapes", shapes)
+SHAPES_KEYS = ("num_train", "num_val", "min_objects", "max_objects", "shape_classes", "seed", "min_visible", "min_size", "max_size")
+register_dataset("shapes", shapes, SHAPES_KEYS)

@@ -37,9 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxcv.data import DATASETS
-from jaxcv.data.base import DataError
-from jaxcv.data.classification import cfg_get, open_tfds, split_id
+from jaxcv.data import TFDS_KEYS, register_dataset
+from jaxcv.data.base import DataError, cfg_get, open_tfds, split_id
 
 # Official COCO category ids of tfds' 80 contiguous labels (the 2017 detection categories, sorted).
 COCO_CATEGORY_IDS = [
@@ -201,5 +200,5 @@ def _factory(kind: str, default_name: str):
     return factory
 
 
-DATASETS.register("voc", _factory("voc", "voc/2007"))
-DATASETS.register("coco", _factory("coco", "coco/2017"))
+register_dataset("voc", _factory("voc", "voc/2007"), (*TFDS_KEYS, "extra_train"))
+register_dataset("coco", _factory("coco", "coco/2017"), (*TFDS_KEYS, "extra_train"))

@@ -1,11 +1,7 @@
 """Host-side evaluation: pycocotools-exact COCO boxes, PASCAL VOC mAP, segmentation and classification.
 
-`EVALUATORS` maps a config name to the main entry point of each family:
-- "coco": `coco_evaluate(gt_dict, results) -> dict` of the 12 COCO numbers;
-- "voc": `voc_evaluate(gt_boxes, gt_labels, gt_difficult, det_boxes, det_scores, det_labels,
-  num_classes, ...)`;
-- "segmentation": `ConfusionMatrix(num_classes, ignore_index=255, void_class=None)` accumulator;
-- "classification": `ClassificationEvaluator(num_classes, multilabel=False)` accumulator.
+These are the metric computations; the evaluators a config chooses (`config.evals`) wrap them for a task
+(`jaxcv.tasks.base.EVALUATORS`: "coco", "voc", "classification", "segmentation", "localization").
 """
 
 from jaxcv.evaluation.classification import (
@@ -27,16 +23,8 @@ from jaxcv.evaluation.coco import (
 )
 from jaxcv.evaluation.segmentation import ConfusionMatrix, confusion_matrix, metrics_from_confusion
 from jaxcv.evaluation.voc import voc_ap, voc_evaluate
-from jaxcv.registry import Registry
-
-EVALUATORS = Registry("evaluator")
-EVALUATORS.register("coco", coco_evaluate)
-EVALUATORS.register("voc", voc_evaluate)
-EVALUATORS.register("segmentation", ConfusionMatrix)
-EVALUATORS.register("classification", ClassificationEvaluator)
 
 __all__ = [
-    "EVALUATORS",
     "STAT_NAMES",
     "ClassificationEvaluator",
     "CocoEvalResult",

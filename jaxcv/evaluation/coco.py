@@ -373,17 +373,22 @@ def detections_to_coco_results(
     valid: np.ndarray,
     label_to_category_id: Sequence[int] | Mapping[int, int] | None = None,
     scales: np.ndarray | None = None,
+    clip_hw: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Padded batch detections -> COCO result dicts (`bbox` xywh).
 
     image_ids [B]; boxes_xyxy [B, D, 4] pixels; scores [B, D]; labels [B, D] contiguous class ids;
     valid [B, D] bool (padding is skipped); label_to_category_id maps a label to its COCO category id
     (identity when None); scales [B] (output px per original px, as the detection transforms record)
-    divides boxes back to original-image pixels when given.
+    divides boxes back to original-image pixels when given; clip_hw [B, 2] (original height, width) then
+    clips them to the image (the network input may be padded past it).
     """
     boxes = np.asarray(boxes_xyxy, np.float64)
     if scales is not None:
         boxes = boxes / np.asarray(scales, np.float64).reshape(-1, 1, 1)
+    if clip_hw is not None:
+        hw = np.asarray(clip_hw, np.float64).reshape(-1, 1, 2)
+        boxes = np.clip(boxes, 0.0, np.concatenate([hw[..., ::-1], hw[..., ::-1]], axis=-1))
     scores, labels, valid = np.asarray(scores), np.asarray(labels), np.asarray(valid, bool)
     out: list[dict[str, Any]] = []
     for b, image_id in enumerate(np.asarray(image_ids).tolist()):

@@ -67,13 +67,14 @@ def register_backbone(name: str, builder: Callable[..., nn.Module], *, model: bo
         MODELS.register(name, builder)
 
 
-def create_backbone(name: str, **kwargs: Any) -> nn.Module:
-    return BACKBONES.get(name)(**kwargs)
+def create_backbone(arch: str, /, **kwargs: Any) -> nn.Module:
+    """Backbone `arch` built with `kwargs` (module attributes, and linen's `name` / `parent`)."""
+    return BACKBONES.get(arch)(**kwargs)
 
 
-def feature_info(name: str, **kwargs: Any) -> dict[str, Level]:
-    """The levels of backbone `name` built with `kwargs`, without running it."""
-    return dict(create_backbone(name, **kwargs).feature_info())
+def feature_info(arch: str, /, **kwargs: Any) -> dict[str, Level]:
+    """The levels of backbone `arch` built with `kwargs`, without running it."""
+    return dict(create_backbone(arch, **kwargs).feature_info())
 
 
 def require_levels(name: str, info: Mapping[str, Level], wanted: Iterable[str]) -> None:

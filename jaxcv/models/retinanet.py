@@ -8,7 +8,7 @@ then the A anchors of a location, so anchor `i` lines up with torchvision's `Anc
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
+from jaxcv.models.backbones import create_backbone, deepest_level, require_levels
 from jaxcv.models.fpn import FPN
 from jaxcv.models.layers import Conv, output_dtype
 
 Array = jax.Array
 Dtype = Any
+FPN_LEVELS = ("C3", "C4", "C5")
 
 
 class RetinaNetBranch(nn.Module):
@@ -111,10 +113,15 @@ class RetinaNet(nn.Module):
     (ceil(n / 2) per stride-2 step), so any input size works.
     `freeze_backbone_bn=True` (torchvision's FrozenBatchNorm2d) makes the backbone use running
     statistics even when `train=True`. `p6_from="c5"` and `head_norm=True` give torchvision's v2 model.
+    `backbone` is any registered backbone with levels C3..C5 (`jaxcv.models.backbones`); one with a single
+    scale (a ViT) needs `simple_pyramid=True`, which builds C3..C5 from its deepest level as ViTDet does
+    (`jaxcv.models.pyramid.SimpleFeaturePyramid`).
     """
 
     num_classes: int = 91
     backbone: str = "resnet50"
+    backbone_kwargs: Mapping[str, Any] | None = None
+    simple_pyramid: bool = False
     num_anchors: int = 9
     fpn_channels: int = 256
     p6_from: str = "p5"  # "p5" | "c5"
@@ -126,14 +133,24 @@ class RetinaNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> dict[str, Any]:
-        body = MODELS.get(self.backbone)(
-            num_classes=0, dtype=self.dtype, param_dtype=self.param_dtype, name="backbone"
+        body = create_backbone(
+            self.backbone, num_classes=0, dtype=self.dtype, param_dtype=self.param_dtype, name="backbone",
+            **dict(self.backbone_kwargs or {}),
         )
+        info = body.feature_info()
         c = body(x, train=train and not self.freeze_backbone_bn)
+        if self.simple_pyramid:
+            from jaxcv.models.pyramid import SimpleFeaturePyramid
+  # one-scale backbones (ViT): C3..C5 from the deepest level (ViTDet)
+            src = deepest_level(info)
+            c = SimpleFeaturePyramid(levels=FPN_LEVELS, out_channels=self.fpn_channels, dtype=self.dtype,
+                                     param_dtype=self.param_dtype, name="simple_pyramid")(c, src, info[src].stride)
+        else:
+            require_levels(self.backbone, info, FPN_LEVELS)
         features = FPN(
             self.fpn_channels, p6_from=self.p6_from, dtype=self.dtype, param_dtype=self.param_dtype,
             name="fpn",
-        )([c["C3"], c["C4"], c["C5"]])
+        )([c[lvl] for lvl in FPN_LEVELS])
         out = RetinaNetHead(
             self.num_anchors, self.num_classes, norm=self.head_norm, prior_probability=self.prior_probability,
             dtype=self.dtype, param_dtype=self.param_dtype, name="head",

@@ -11,7 +11,6 @@ with an argmax. Memory is O(N) (no N x N matrix) and work O(kept * N); the loop 
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -102,6 +101,3 @@ def batched_nms(
         jnp.asarray(boxes), jnp.asarray(scores), jnp.asarray(classes), iou_threshold, max_output, valid
     )
 
-
-nms_jit = jax.jit(nms, static_argnames=("iou_threshold", "max_output"))
-batched_nms_jit = jax.jit(batched_nms, static_argnames=("iou_threshold", "max_output"))

@@ -18,8 +18,11 @@ from jaxcv.data import DATASETS
 from jaxcv.data.base import Source
 from jaxcv.data.loader import Transform
 from jaxcv.models import create_model
+from jaxcv.registry import Registry
 
 Batch = dict[str, Any]
+# type -> callable(task, **kwargs) -> Evaluator; `config.evals.NAME = {"type": TYPE, **kwargs}` (big_vision).
+EVALUATORS = Registry("evaluator")
 
 
 class Evaluator:
@@ -35,10 +38,38 @@ class Evaluator:
         """Writes artifacts (JSON, PNG) of the last `result()` to `directory`."""
 
 
+class MultiEvaluator(Evaluator):
+    """Several evaluators over the same predictions; their metrics merged (a name given twice is an error)."""
+
+    def __init__(self, evaluators: dict[str, Evaluator]):
+        self.evaluators = evaluators
+
+    def update(self, batch, preds) -> None:
+        for e in self.evaluators.values():
+            e.update(batch, preds)
+
+    def result(self) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for name, e in self.evaluators.items():
+            metrics = e.result()
+            clash = sorted(set(metrics) & set(merged))
+            if clash:
+                raise ValueError(f"evaluator config.evals.{name} reports {clash}, already reported by another")
+            merged.update(metrics)
+        return merged
+
+    def save(self, directory: Path) -> None:
+        for e in self.evaluators.values():
+            e.save(directory)
+
+
 class Task:
     """Base class; subclasses set `name` and implement the abstract parts."""
 
     name = ""
+    # How `jaxcv.show` draws this task's examples and predictions: "boxes" (padded boxes + labels), "box"
+    # (one relative box), "mask" (a class map), "labels" (multi-hot classes) or "label" (one class).
+    picture_kind = "label"
     # Keys of a batch that the jitted steps receive (others stay on the host).
     device_keys: tuple[str, ...] = ("image",)
 
@@ -84,8 +115,30 @@ class Task:
         raise NotImplementedError
 
     # ---- host parts -----------------------------------------------------------------------
+    def evaluator_specs(self) -> dict[str, tuple[Any, dict[str, Any]]]:
+        """`config.evals` as {name: (builder, kwargs)}; an unknown type fails naming the key."""
+        specs = {}
+        for name, spec in (self.config.evals or {}).items():
+            kwargs = dict(spec)
+            kind = kwargs.pop("type", name)
+            if kind not in EVALUATORS:
+                import importlib
+
+                from jaxcv.tasks import TASK_MODULES
+
+                for module in TASK_MODULES:  # each registers its evaluators: list them all
+                    importlib.import_module(f"jaxcv.tasks.{module}")
+                raise ValueError(f"config.evals.{name}.type={kind!r}: unknown evaluator; known: "
+                                 f"{', '.join(EVALUATORS.names())}")
+            specs[name] = (EVALUATORS.get(kind), kwargs)
+        if not specs:
+            raise ValueError("config.evals names no evaluator")
+        return specs
+
     def evaluator(self) -> Evaluator:
-        raise NotImplementedError
+        """The evaluators of `config.evals`, built for this task (one, or a MultiEvaluator)."""
+        built = {name: builder(self, **kwargs) for name, (builder, kwargs) in self.evaluator_specs().items()}
+        return next(iter(built.values())) if len(built) == 1 else MultiEvaluator(built)
 
     def validate(self) -> None:
         """Checks the config for inconsistent values before anything compiles."""

@@ -18,14 +18,18 @@ import optax
 
 from jaxcv.data.base import load_image
 from jaxcv.evaluation import classification as cls_eval
-from jaxcv.losses import upcast
+from jaxcv.losses import softmax_cross_entropy, upcast
 from jaxcv.tasks import TASKS
-from jaxcv.tasks.base import Evaluator, Task
+from jaxcv.tasks.base import EVALUATORS, Evaluator, Task
 
 
 @TASKS.register("classification")
 class ClassificationTask(Task):
     name = "classification"
+
+    @property
+    def picture_kind(self) -> str:
+        return "labels" if self.multilabel else "label"
 
     @property
     def multilabel(self) -> bool:
@@ -72,18 +76,12 @@ class ClassificationTask(Task):
         if self.multilabel:
             loss = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean()
             return loss, {}
-        smoothing = float(self.config.get("loss", {}).get("label_smoothing", 0.0))
-        targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], logits.shape[-1]), smoothing)
-        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        loss = softmax_cross_entropy(logits, batch["label"], float(self.config.loss.label_smoothing)).mean()
         acc = (jnp.argmax(logits, -1) == batch["label"]).mean()
         return loss, {"accuracy": acc}
 
     def predict(self, outputs, batch):
         return {"logits": outputs["logits"].astype(jnp.float32)}
-
-    def evaluator(self) -> Evaluator:
-        src = self.source("validation")
-        return ClassificationEvaluator(src.num_classes, list(src.class_names), self.multilabel)
 
     def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
         from PIL import Image
@@ -137,3 +135,9 @@ class ClassificationEvaluator(Evaluator):
                 r["confusion_matrix"], self.names,
                 directory / "confusion_matrix.png", directory / "confusion_matrix.json",
             )
+
+
+@EVALUATORS.register("classification")
+def _classification_evaluator(task: ClassificationTask, split: str = "validation") -> ClassificationEvaluator:
+    src = task.source(split)
+    return ClassificationEvaluator(src.num_classes, list(src.class_names), task.multilabel)

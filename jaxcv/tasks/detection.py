@@ -1,13 +1,8 @@
-"""Object detection with RetinaNet (Lin et al. 2017, "Focal Loss for Dense Object Detection").
+"""Object detection: what every detector shares, around a registered head (`jaxcv.detectors`).
 
-Wires the model (`config.model`), anchors (`config.anchors`), the loss (`config.loss`, see
-`jaxcv.losses.retinanet_loss`), post-processing (`config.postprocess`) and COCO evaluation
-(`jaxcv.evaluation.coco`, equal to pycocotools). Ground truth arrives padded to
-`config.data.max_boxes` with `box_mask`, so one compilation serves every image.
-
-The same task trains the SSD-style teaching detector (`ssd_grid`): `config.anchors.kind = "grid"`
-swaps the pyramid anchors for `grid_anchors` (anchors.grid_sizes / zooms / ratios), and
-`config.loss.classification = "bce"` uses plain sigmoid BCE (focal with gamma 0, no alpha).
+The task owns the data (boxes padded to `config.data.max_boxes` with `box_mask`, so one compilation
+serves every image), the label map, evaluation (`config.evals`), prediction on files and drawing. The
+head named by `config.head` (RetinaNet's, SSD's, ...) owns target assignment, the loss and decoding.
 """
 
 from __future__ import annotations
@@ -21,12 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcv.data.base import load_image
-from jaxcv.evaluation.coco import coco_evaluate
-from jaxcv.losses import retinanet_loss, upcast
-from jaxcv.ops.anchors import AnchorConfig, generate_anchors, grid_anchors
-from jaxcv.ops.postprocess import retinanet_postprocess
+from jaxcv.detectors import DetectionHead, create_head
+from jaxcv.evaluation.coco import coco_evaluate, detections_to_coco_results
+from jaxcv.evaluation.voc import voc_evaluate
 from jaxcv.tasks import TASKS
-from jaxcv.tasks.base import Evaluator, Task
+from jaxcv.tasks.base import EVALUATORS, Evaluator, Task
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -34,33 +28,20 @@ COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100
 @TASKS.register("detection")
 class DetectionTask(Task):
     name = "detection"
+    picture_kind = "boxes"
     device_keys = ("image", "boxes", "labels", "box_mask")
 
     def __init__(self, config):
         super().__init__(config)
-        a = config.anchors
-        self.anchor_config = AnchorConfig(
-            levels=tuple(a.levels),
-            sizes=tuple(float(s) for s in a.sizes),
-            scales=tuple(float(s) for s in a.scales),
-            aspect_ratios=tuple(float(r) for r in a.aspect_ratios),
-            convention=a.convention,
-        )
-        s = self.image_size
-        # anchors.kind: "pyramid" (RetinaNet levels, above) or "grid" (SSD-style square grids of the
-        # teaching detector `ssd_grid`: anchors.grid_sizes / zooms / ratios, see `grid_anchors`).
-        self.anchor_kind = a.get("kind", "pyramid")
-        if self.anchor_kind == "grid":
-            zooms, ratios = tuple(float(z) for z in a.zooms), tuple(float(r) for r in a.ratios)
-            self.grid_sizes = tuple(int(k) for k in a.grid_sizes)
-            anchors, self.num_anchors_per_level = grid_anchors((s, s), self.grid_sizes, zooms, ratios)
-            self.num_anchors_per_location = len(zooms) * len(ratios)
-        elif self.anchor_kind == "pyramid":
-            anchors, self.num_anchors_per_level = generate_anchors((s, s), self.anchor_config)
-            self.num_anchors_per_location = self.anchor_config.num_anchors_per_location
-        else:
-            raise ValueError(f"unknown anchors.kind {self.anchor_kind!r}; use 'pyramid' or 'grid'")
-        self.anchors = anchors  # [A, 4] xyxy pixels, numpy (a constant inside jit)
+        self._head: DetectionHead | None = None
+
+    @property
+    def head(self) -> DetectionHead:
+        """The detection head of `config.head`, built on first use (it needs the dataset's class count)."""
+        if self._head is None:
+            s = self.image_size
+            self._head = create_head(self.config, (s, s), self.num_classes)
+        return self._head
 
     @property
     def label_map(self) -> str:
@@ -87,21 +68,14 @@ class DetectionTask(Task):
         return np.arange(self.num_classes, dtype=np.int64), names
 
     def validate(self) -> None:
-        stride = 2 ** max(self.anchor_config.levels)
-        if self.anchor_kind == "pyramid" and self.image_size % stride:
-            raise ValueError(
-                f"data.image_size={self.image_size} must be divisible by the largest stride {stride} "
-                f"(anchors.levels={tuple(self.anchor_config.levels)})"
-            )
         if self.label_map not in ("contiguous", "category_id"):
             raise ValueError(f"data.label_map={self.label_map!r}: use 'contiguous' or 'category_id'")
-        n = self.config.data.get("num_classes")
+        n = self.config.data.num_classes
         if n and n != self.num_classes:
             raise ValueError(
                 f"data.num_classes={n} but dataset {self.config.data.name!r} has {self.num_classes} classes"
             )
-        if self.config.loss.get("classification", "focal") not in ("focal", "bce"):
-            raise ValueError(f"loss.classification must be 'focal' or 'bce', got {self.config.loss.classification!r}")
+        self.head.validate()
 
     def make_transform(self, train: bool):
         from jaxcv.data.detection import make_detection_transform
@@ -118,65 +92,17 @@ class DetectionTask(Task):
         )
 
     def model_kwargs(self) -> dict[str, Any]:
-        kwargs = super().model_kwargs()
-        kwargs["num_classes"] = self.num_classes
-        kwargs["num_anchors"] = self.num_anchors_per_location
-        if self.anchor_kind == "grid":
-            kwargs["grid_sizes"] = self.grid_sizes
-        return kwargs
+        return {**super().model_kwargs(), "num_classes": self.num_classes, **self.head.model_kwargs()}
 
     def loss(self, outputs, batch):
-        lc = self.config.loss
-        if outputs["cls_logits"].shape[1] != len(self.anchors):
-            raise ValueError(
-                f"model {self.config.model.name!r} gives {outputs['cls_logits'].shape[1]} anchors but "
-                f"anchors.kind={self.anchor_kind!r} makes {len(self.anchors)}"
-            )
-        # loss.classification: "focal" (RetinaNet) or "bce" = focal with gamma 0 and no alpha weighting.
-        bce = lc.get("classification", "focal") == "bce"
         labels = batch["labels"]
         if self.label_map == "category_id":  # contiguous source labels -> category ids (padding is masked)
             cat_ids = jnp.asarray(label_to_category_id(self.source("train")), jnp.int32)
             labels = jnp.where(batch["box_mask"], cat_ids[jnp.clip(labels, 0, len(cat_ids) - 1)], labels)
-        terms = retinanet_loss(
-            upcast(outputs["cls_logits"]),
-            upcast(outputs["bbox_regression"]),
-            self.anchors,
-            batch["boxes"],
-            labels,
-            batch["box_mask"],
-            alpha=-1.0 if bce else lc.alpha,
-            gamma=0.0 if bce else lc.gamma,
-            box_loss=lc.box_loss,
-            smooth_l1_beta=lc.smooth_l1_beta,
-            normalizer=lc.normalizer,
-            fg_iou=lc.fg_iou,
-            bg_iou=lc.bg_iou,
-            allow_low_quality_matches=lc.allow_low_quality_matches,
-            coder_weights=tuple(lc.coder_weights),
-        )
-        total = terms["classification"] + lc.box_weight * terms["box_regression"]
-        return total, {"cls_loss": terms["classification"], "box_loss": terms["box_regression"]}
+        return self.head.loss(outputs, batch["boxes"], labels, batch["box_mask"])
 
     def predict(self, outputs, batch):
-        pc = self.config.postprocess
-        s = self.image_size
-        return retinanet_postprocess(
-            outputs["cls_logits"].astype(jnp.float32),
-            outputs["bbox_regression"].astype(jnp.float32),
-            self.anchors,
-            self.num_anchors_per_level,
-            (s, s),
-            score_thresh=pc.score_thresh,
-            topk_candidates=pc.topk_candidates,
-            nms_thresh=pc.nms_thresh,
-            detections_per_img=pc.detections_per_img,
-            coder_weights=tuple(self.config.loss.coder_weights),
-        )
-
-    def evaluator(self) -> Evaluator:
-        cat_ids, names = self.class_space("validation")
-        return DetectionEvaluator(self.source("validation").coco_ground_truth(), cat_ids, names)
+        return self.head.decode(outputs)
 
     def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
         from jaxcv.viz import draw_detections
@@ -191,15 +117,14 @@ class DetectionTask(Task):
                      "image_id": i}
             ex = transform(empty, np.random.default_rng(0))
             det = jax.device_get(fn(variables, ex["image"][None]))
-            keep = det["valid"][0] & (det["scores"][0] >= self.config.predict.score_thresh)
-            h, w = image.shape[:2]
-            boxes = np.clip(det["boxes"][0][keep] / ex["scale"], 0, [w, h, w, h])  # padding -> image
-            scores, labels = det["scores"][0][keep], det["labels"][0][keep]
-            draw_detections(image, boxes, labels, scores, names).save(outdir / f"{Path(path).stem}_det.png")
-            for b, s, lab in zip(boxes, scores, labels, strict=True):
-                results.append({"file": str(path), "image_id": i, "category_id": int(cat_ids[int(lab)]),
-                                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                                "score": float(s)})
+            keep = det["valid"] & (det["scores"] >= self.config.predict.score_thresh)
+            found = detections_to_coco_results([i], det["boxes"], det["scores"], det["labels"], keep, cat_ids,
+                                               scales=np.asarray([ex["scale"]]), clip_hw=[image.shape[:2]])
+            labels = det["labels"][0][keep[0]]
+            boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in found)]).reshape(-1, 4)
+            draw_detections(image, boxes, labels, det["scores"][0][keep[0]], names).save(
+                outdir / f"{Path(path).stem}_det.png")
+            results += [{"file": str(path), **r} for r in found]
         (outdir / "detections.json").write_text(json.dumps(results))
 
 
@@ -213,47 +138,73 @@ def label_to_category_id(source: Any) -> np.ndarray:
 
 
 class DetectionEvaluator(Evaluator):
-    """Collects detections as COCO results at the original image resolution and evaluates them
-    against the split's COCO-format ground truth."""
+    """COCO box metrics (equal to pycocotools): collects detections as COCO results at the original image
+    resolution and evaluates them against the split's COCO-format ground truth. `config.evals.NAME.type =
+    "coco"`."""
 
-    def __init__(self, gt: dict[str, Any], cat_ids: np.ndarray, class_names: list[str]):
-        self.gt = gt
-        self.cat_ids = cat_ids
-        self.class_names = class_names
+    def __init__(self, task: DetectionTask, split: str = "validation"):
+        self.gt = task.source(split).coco_ground_truth()
+        self.cat_ids, self.class_names = task.class_space(split)
         self.results: list[dict[str, Any]] = []
-        self._metrics: dict[str, float] = {}
         self.samples: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
 
     def update(self, batch, preds) -> None:
-        valid = np.asarray(batch["valid"], bool)
-        for b in np.flatnonzero(valid):
-            keep = np.asarray(preds["valid"][b], bool)
-            scale = float(batch["scale"][b])
-            h, w = (int(v) for v in batch["orig_size"][b])
-            boxes = np.asarray(preds["boxes"][b][keep], np.float64) / scale
-            boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-            image_id = int(batch["image_id"][b])
-            for box, score, label in zip(boxes, preds["scores"][b][keep], preds["labels"][b][keep], strict=True):
-                self.results.append({
-                    "image_id": image_id,
-                    "category_id": int(self.cat_ids[int(label)]),
-                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                    "score": float(score),
-                })
-            if len(self.samples) < 16:
-                self.samples.append((batch["image"][b], {k: np.asarray(preds[k][b]) for k in preds}))
+        real = np.flatnonzero(np.asarray(batch["valid"], bool))
+        self.results += detections_to_coco_results(
+            np.asarray(batch["image_id"])[real], np.asarray(preds["boxes"])[real], np.asarray(preds["scores"])[real],
+            np.asarray(preds["labels"])[real], np.asarray(preds["valid"])[real], self.cat_ids,
+            scales=np.asarray(batch["scale"])[real], clip_hw=np.asarray(batch["orig_size"])[real],
+        )
+        for b in real[: max(0, 16 - len(self.samples))]:
+            self.samples.append((batch["image"][b], {k: np.asarray(preds[k][b]) for k in preds}))
 
     def result(self) -> dict[str, float]:
         stats = coco_evaluate(self.gt, self.results)
-        self._metrics = {k: float(stats[k]) for k in COCO_METRICS}
-        return dict(self._metrics)
+        return {k: float(stats[k]) for k in COCO_METRICS}
 
     def save(self, directory: Path) -> None:
         (directory / "detections.json").write_text(json.dumps(self.results))
-        try:
-            from jaxcv.viz import detection_gallery
+        from jaxcv.viz import detection_gallery
 
-            detection_gallery(self.samples, self.class_names, directory / "predictions.png")
-        except ImportError:
-            pass
+        detection_gallery(self.samples, self.class_names, directory / "predictions.png")
+
+
+class VOCEvaluator(DetectionEvaluator):
+    """PASCAL VOC mAP at IoU 0.5 (`jaxcv.evaluation.voc.voc_evaluate`, the devkit's rules: difficult objects
+    neither count nor penalize; `use_07_metric` the 11-point VOC2007 AP, else the VOC2010+ area), reported as
+    `VOC07_mAP` or `VOC_mAP`. `config.evals.NAME.type = "voc"`."""
+
+    def __init__(self, task: DetectionTask, split: str = "validation", use_07_metric: bool = True,
+                 iou_threshold: float = 0.5):
+        super().__init__(task, split)
+        self.use_07_metric, self.iou_threshold = bool(use_07_metric), float(iou_threshold)
+
+    def result(self) -> dict[str, float]:
+        index = {int(c): k for k, c in enumerate(np.asarray(self.cat_ids).tolist())}
+        row = {im["id"]: i for i, im in enumerate(self.gt["images"])}
+        gt: list[list[dict]] = [[] for _ in row]
+        dets: list[list[dict]] = [[] for _ in row]
+        for ann in self.gt["annotations"]:
+            gt[row[ann["image_id"]]].append(ann)
+        for r in self.results:
+            dets[row[r["image_id"]]].append(r)
+
+        def xyxy(items: list[dict]) -> np.ndarray:
+            b = np.asarray([a["bbox"] for a in items], np.float64).reshape(-1, 4)
+            return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+
+        def labels(items: list[dict]) -> np.ndarray:
+            return np.asarray([index[a["category_id"]] for a in items], np.int64)
+
+        out = voc_evaluate(
+            [xyxy(g) for g in gt], [labels(g) for g in gt],
+            [np.asarray([bool(a.get("difficult", 0)) for a in g], bool) for g in gt],
+            [xyxy(d) for d in dets], [np.asarray([r["score"] for r in d], np.float64) for d in dets],
+            [labels(d) for d in dets],
+            num_classes=len(index), iou_threshold=self.iou_threshold, use_07_metric=self.use_07_metric,
+        )
+        return {"VOC07_mAP" if self.use_07_metric else "VOC_mAP": float(out["mAP"])}
+
+
+EVALUATORS.register("coco", DetectionEvaluator)
+EVALUATORS.register("voc", VOCEvaluator)

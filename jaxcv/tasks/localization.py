@@ -24,7 +24,7 @@ from PIL import Image
 from jaxcv.data.base import load_image, normalize
 from jaxcv.losses import softmax_cross_entropy, upcast
 from jaxcv.tasks import TASKS
-from jaxcv.tasks.base import Evaluator, Task
+from jaxcv.tasks.base import EVALUATORS, Evaluator, Task
 
 METRICS = ("accuracy", "mean_iou", "acc_iou50", "loc_accuracy")
 
@@ -89,6 +89,7 @@ def make_localization_transform(image_size: int, train: bool, hflip: bool = True
 @TASKS.register("localization")
 class LocalizationTask(Task):
     name = "localization"
+    picture_kind = "box"
     device_keys = ("image", "box", "label", "has_box")
 
     @property
@@ -131,9 +132,6 @@ class LocalizationTask(Task):
         probs = jax.nn.softmax(outputs["logits"].astype(jnp.float32), -1)
         boxes = jnp.clip(outputs["boxes"].astype(jnp.float32), 0.0, 1.0)  # clipped to the image, as detections
         return {"boxes": boxes, "labels": jnp.argmax(probs, -1).astype(jnp.int32), "scores": jnp.max(probs, -1)}
-
-    def evaluator(self) -> Evaluator:
-        return LocalizationEvaluator(list(self.source("validation").class_names))
 
     def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
         from jaxcv.viz import draw_detections
@@ -205,3 +203,8 @@ class LocalizationEvaluator(Evaluator):
             boxes = np.stack([s["gt_box"], s["box"]]) * size
             tiles.append(draw_detections(image, boxes, [s["gt_label"], k + s["label"]], [1.0, s["score"]], names))
         grid(tiles).save(directory / "predictions.png")
+
+
+@EVALUATORS.register("localization")
+def _localization_evaluator(task: LocalizationTask, split: str = "validation") -> LocalizationEvaluator:
+    return LocalizationEvaluator(list(task.source(split).class_names))

@@ -2,7 +2,7 @@
 
 Config: `model.name` (e.g. "unet_resnet34", "unet", "pets_segmenter"), `data.*` (see
 `jaxcv.data.segmentation`), `loss.name` ("ce" | "dice" | "ce_dice"), `loss.ce_weight`,
-`loss.dice_weight`, `loss.class_weights`, `eval.void_class` (a class id excluded from the metrics,
+`loss.dice_weight`, `loss.class_weights`, `evals.segmentation.void_class` (a class id excluded from the metrics,
 CamVid style). Metrics come from one confusion matrix over the whole split (never per-batch means).
 """
 
@@ -20,7 +20,7 @@ from jaxcv.data.base import IGNORE_INDEX, load_image
 from jaxcv.evaluation.segmentation import ConfusionMatrix
 from jaxcv.losses import segmentation_cross_entropy, soft_dice_loss, upcast
 from jaxcv.tasks import TASKS
-from jaxcv.tasks.base import Evaluator, Task
+from jaxcv.tasks.base import EVALUATORS, Evaluator, Task
 
 LOSSES = ("ce", "dice", "ce_dice")
 
@@ -28,6 +28,7 @@ LOSSES = ("ce", "dice", "ce_dice")
 @TASKS.register("segmentation")
 class SegmentationTask(Task):
     name = "segmentation"
+    picture_kind = "mask"
     device_keys = ("image", "mask")
 
     @property
@@ -37,7 +38,7 @@ class SegmentationTask(Task):
     def validate(self) -> None:
         if self.config.loss.name not in LOSSES:
             raise ValueError(f"loss.name={self.config.loss.name!r}; known: {', '.join(LOSSES)}")
-        stride = int(self.config.get("model_stride", 32))
+        stride = 32  # the U-Nets' deepest level
         if self.image_size % stride:
             raise ValueError(f"data.image_size={self.image_size} must be divisible by {stride} for a U-Net")
         n = self.config.data.get("num_classes")
@@ -80,11 +81,6 @@ class SegmentationTask(Task):
 
     def predict(self, outputs, batch):
         return {"pred": jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)}
-
-    def evaluator(self) -> Evaluator:
-        src = self.source("validation")
-        void = int(self.config.get("eval", {}).get("void_class", -1))
-        return SegmentationEvaluator(src.num_classes, list(src.class_names), void if void >= 0 else None)
 
     def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
         from PIL import Image
@@ -138,3 +134,11 @@ class SegmentationEvaluator(Evaluator):
             tiles += [overlay_mask(image, mask), overlay_mask(image, pred)]
         if tiles:
             grid(tiles, cols=4).save(directory / "predictions.png")
+
+
+@EVALUATORS.register("segmentation")
+def _segmentation_evaluator(task: SegmentationTask, split: str = "validation", void_class: int = -1
+                            ) -> SegmentationEvaluator:
+    """`void_class` >= 0: that class is left out of the mean metrics (CamVid's "Void")."""
+    src = task.source(split)
+    return SegmentationEvaluator(src.num_classes, list(src.class_names), void_class if void_class >= 0 else None)
