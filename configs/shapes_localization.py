@@ -19,9 +19,8 @@ def get_config(arg: str | None = None):
     args = parse_config_arg(arg)
     c = base_config()
     c.task = "localization"
-    # pool="flatten" (the course's head) rather than global average pooling: in a 300-step A/B on these
-    # shapes (conv backbone, 128 px, batch 16) it reached mean IoU 0.11 vs 0.03 with "avg", whose box
-    # loss stayed flat (pooling throws away where the object is).
+    # pool="flatten" (the course's head) rather than global average pooling, which throws away where the
+    # object is (its box loss stays flat; the A/B is in benchmarks/README.md).
     c.model = ml_collections.ConfigDict(
         {"name": "localizer", "backbone": "resnet18", "pool": "flatten", "hidden": 256, "dropout_rate": 0.25,
          "box_format": "cxcywh"}

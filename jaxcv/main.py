@@ -69,16 +69,16 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
         )
-    from jaxcv import train
+    from jaxcv import modes, train
 
     config = FLAGS.config
     try:
         if FLAGS.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
         elif FLAGS.mode == "eval":
-            train.evaluate_only(config, FLAGS.workdir)
+            modes.evaluate_only(config, FLAGS.workdir)
         else:
-            train.predict(config, FLAGS.workdir)
+            modes.predict(config, FLAGS.workdir)
     except (train.NonFiniteLossError, ValueError, KeyError, FileNotFoundError) as e:
         from jaxcv.data.base import DataError
 

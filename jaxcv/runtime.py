@@ -1,6 +1,6 @@
 """Process-wide CPU settings applied when jaxcv is imported (`JAXCV_CPU_TUNING=0` turns them off).
 
-Why (measured on the 2-core development CPU, benchmarks/README.md "Where the time went"):
+Why (the measurements are in benchmarks/README.md, "Where the time went"):
 
 - **XLA:CPU library fusions.** `--xla_cpu_experimental_ynn_fusion_type=individual_dot,dot,eltwise,reduce`
   lets XLA hand dots together with their element-wise producers/consumers, element-wise chains and
@@ -9,11 +9,11 @@ Why (measured on the 2-core development CPU, benchmarks/README.md "Where the tim
   next dot. Added to `XLA_FLAGS` unless that flag is already there, and only for jaxlib >= 0.10 (older
   ones do not know it and would abort on an unknown flag). It must be set before JAX creates its CPU
   backend, so import jaxcv before running any JAX computation. Not under `JAX_ENABLE_X64=1` (the
-  float64 numerics checks): with these fusions the float64 losses of 8 and 1 devices agreed to only
-  ~1e-9 instead of ~1e-15 (tests/test_train.py::test_eight_devices_equal_one).
+  float64 numerics checks): with these fusions the float64 losses of 8 and 1 devices no longer agree
+  to float64 round-off (tests/test_train.py::test_eight_devices_equal_one).
 - **The allocator.** XLA allocates each step's buffers (GBs for a detector) anew; glibc serves large
   blocks with fresh `mmap`s, or from per-thread arenas that it unmaps when they empty, so every step
-  page-faults its whole working set in again (~380k faults per ResNet-50 step, ~0.5 s). `mallopt` with
+  page-faults its whole working set in again. `mallopt` with
   one arena, no `mmap` for large blocks and no trimming keeps freed memory for the next step: zero
   faults per step, at the price of the process keeping its peak memory (as tcmalloc or jemalloc would).
 """

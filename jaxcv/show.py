@@ -7,7 +7,7 @@
 train transform through `jaxcv.data.loader.Loader`, same seed), drawn with boxes and class names
 (detection, localization), image | mask pairs (segmentation) or class names (classification).
 `results`: predictions next to the ground truth on the validation split, from the workdir's latest
-checkpoint (restored through the Trainer and run with its jitted `p_eval_step`); a checkpoint that
+checkpoint (restored through the Trainer and run with its jitted `jit_eval_step`); a checkpoint that
 does not fit the config is an error, never a silently fresh model. Without `--config`, the
 workdir's `config.json` is used. The PNG goes to `--out`, default `WORKDIR/show_<what>.png` (or
 `show_<what>.png` without a workdir).
@@ -168,7 +168,7 @@ def _eval_pairs(trainer: Any, state: Any) -> Iterator[tuple[dict[str, np.ndarray
 
     task = trainer.task
     for batch in trainer.loader("validation", train=False).eval_batches():
-        preds = trainer.p_eval_step(state, _to_global(batch, task.device_keys, trainer.data_sharding))
+        preds = trainer.jit_eval_step(state, _to_global(batch, task.device_keys, trainer.data_sharding))
         yield batch, _to_host(preds)
 
 

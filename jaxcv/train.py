@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -35,6 +33,8 @@ from jaxcv.data.loader import Loader
 from jaxcv.logs import MetricWriter, Progress
 from jaxcv.ops.conv import set_conv_impl
 from jaxcv.optim import create_optimizer
+from jaxcv.preemption import Preempted, Preemption
+from jaxcv.state import RNG_IMPL, Start, TrainState, abstract, check_complete, replace_from_tree, savable
 from jaxcv.tasks import create_task
 from jaxcv.tasks.base import Task
 
@@ -42,23 +42,8 @@ from jaxcv.tasks.base import Task
 # compilation serves a whole run, whatever the number of ground-truth boxes per image.
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
-# Threefry's key derivation takes ~25 s to compile inside a ResNet init on CPU; "rbg" takes ~half.
-RNG_IMPL = "rbg"
-
-
-class TrainState(train_state.TrainState):
-    """Params, optimizer state, BatchNorm statistics and the base dropout key."""
-
-    batch_stats: Any
-    rng: jax.Array
-
-
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss or gradient."""
-
-
-class Preempted(Exception):
-    """Raised inside an evaluation when SIGTERM/SIGINT asked the run to stop (see `_Preemption`)."""
 
 
 def create_mesh() -> Mesh:
@@ -68,7 +53,7 @@ def create_mesh() -> Mesh:
 
 def jit_full_opt(fn: Callable[..., Any], **kwargs: Any) -> Any:
     """`jax.jit` compiled at full XLA optimization whatever XLA_FLAGS says (e.g. the tests' -O0): for model
-    inits, whose random-number code runs ~25x slower unoptimized (ResNet-18-FPN: 5.8 s instead of 0.2 s)."""
+    inits, whose random-number code runs many times slower unoptimized."""
     return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 3}, **kwargs)
 
 
@@ -87,7 +72,7 @@ def create_train_state(
         return params, batch_stats
 
     # On one device, then copied to all: a jit with replicated outputs would run the whole init (random
-    # numbers for every parameter) on every device (8 forced CPU devices: 1.7 s instead of 0.2 s).
+    # numbers for every parameter) on every device.
     replicated = NamedSharding(mesh, P())
     params, batch_stats = jax.device_put(jax.device_get(jit_full_opt(init)(init_rng)), replicated)
     tx = create_optimizer(config, params)
@@ -168,7 +153,7 @@ class Trainer:
                 f"batch_size={config.batch_size} must be divisible by the number of devices "
                 f"({jax.device_count()})"
             )
-        self.p_train_step = jax.jit(
+        self.jit_train_step = jax.jit(
             functools.partial(
                 train_step, task=self.task, skip_nonfinite=bool(config.get("skip_nonfinite", False))
             ),
@@ -176,7 +161,7 @@ class Trainer:
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=(0,),
         )
-        self.p_eval_step = jax.jit(
+        self.jit_eval_step = jax.jit(
             functools.partial(eval_step, task=self.task),
             in_shardings=(self.replicated, self.data_sharding),
             out_shardings=self.data_sharding,
@@ -213,7 +198,7 @@ class Trainer:
             num_threads=cfg.data.get("num_threads", 4),
         )
 
-    def initial_state(self, checkpoints: ckpt.Checkpoints, complete: bool = False) -> tuple[TrainState, str]:
+    def initial_state(self, checkpoints: ckpt.Checkpoints, complete: bool = False) -> Start:
         """Precedence: the workdir's checkpoint, then `config.init_from`, then scratch.
 
         `complete` (evaluation, prediction): the model must come whole from a checkpoint or
@@ -221,10 +206,11 @@ class Trainer:
         covers only the backbone) or no source at all raises instead of giving a meaningless number.
         """
         state = create_train_state(self.config, self.task, jax.random.key(self.config.seed, impl=RNG_IMPL), self.mesh)
-        restored = checkpoints.restore_latest(_abstract(state))
+        restored = checkpoints.restore_latest(abstract(state))
         if restored is not None:
             tree, step = restored
-            return _replace_from_tree(state, tree, self.replicated), f"resumed from {self.workdir}/checkpoints/{step}"
+            return Start(replace_from_tree(state, tree, self.replicated), "checkpoint",
+                         f"resumed from {self.workdir}/checkpoints/{step}")
         if self.config.get("init_from"):
             source = ckpt.load_variables(self.config.init_from)
             prefix = self.config.get("init_prefix", "")
@@ -236,17 +222,18 @@ class Trainer:
                     f"its top-level keys: {sorted(source['params'])}"
                 )
             if complete:
-                _check_complete(self.config, state, report, stats_report)
+                check_complete(self.config, state, report, stats_report)
             state = state.replace(
                 params=jax.device_put(params, self.replicated),
                 batch_stats=jax.device_put(stats, self.replicated),
             )
-            return state, f"initialized from {self.config.init_from} ({ckpt.summarize_report(report)})"
+            return Start(state, "init_from",
+                         f"initialized from {self.config.init_from} ({ckpt.summarize_report(report)})")
         if complete:
             raise FileNotFoundError(
                 f"nothing to evaluate: {self.workdir} has no checkpoint and config.init_from is not set"
             )
-        return state, "initialized from scratch"
+        return Start(state, "scratch", "initialized from scratch")
 
     def evaluate(
         self, state: TrainState, split: str = "validation", stop: Callable[[], bool] | None = None
@@ -256,104 +243,10 @@ class Trainer:
         for batch in self.loader(split, train=False).eval_batches():
             if stop is not None and stop():
                 raise Preempted(f"evaluation of {split!r} interrupted")
-            preds = self.p_eval_step(state, _to_global(batch, self.task.device_keys, self.data_sharding))
+            preds = self.jit_eval_step(state, _to_global(batch, self.task.device_keys, self.data_sharding))
             host_batch = _to_host(_to_global(batch, tuple(batch), self.data_sharding))
             evaluator.update(host_batch, _to_host(preds))
         return evaluator.result(), evaluator
-
-
-def _check_complete(config: ml_collections.ConfigDict, state: TrainState, *reports: dict[str, list[str]]) -> None:
-    """Raises if `init_from` left any parameter or BatchNorm statistic of the model at its init."""
-    loaded = sum(len(r["loaded"]) for r in reports)
-    total = len(jax.tree_util.tree_leaves(state.params)) + len(jax.tree_util.tree_leaves(state.batch_stats))
-    if loaded >= total:
-        return
-    mismatch = [k for r in reports for k in r["shape_mismatch"]]
-    prefix = config.get("init_prefix", "")
-    hint = []
-    if mismatch:
-        more = " ..." if len(mismatch) > 4 else ""
-        hint.append(f"shape mismatch (source vs model): {'; '.join(mismatch[:4])}{more}; a head with another "
-                    "number of classes? torchvision's COCO detectors have 91 outputs indexed by category id: "
-                    "--config.data.label_map=category_id")
-    missing = [k for r in reports for k in r["missing_in_source"]]
-    if missing:
-        hint.append(f"not in the source: {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else ""))
-    if prefix:
-        hint.append(f"init_prefix={prefix!r} loads only that part of the model; a full-model checkpoint needs "
-                    "--config.init_prefix=''")
-    raise ValueError(
-        f"init_from={config.init_from!r} sets {loaded} of the model's {total} variables; evaluation and "
-        f"prediction need all of them ({'; '.join(hint)})"
-    )
-
-
-def _abstract(state: TrainState) -> dict[str, Any]:
-    return jax.tree_util.tree_map(ocp_abstract, _savable(state))
-
-
-def ocp_abstract(x: Any) -> Any:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-
-
-def _savable(state: TrainState) -> dict[str, Any]:
-    """The part of the state that is saved: everything but the functions."""
-    return {
-        "step": state.step,
-        "params": state.params,
-        "batch_stats": state.batch_stats,
-        "opt_state": state.opt_state,
-        "rng": jax.random.key_data(state.rng),
-    }
-
-
-def _replace_from_tree(state: TrainState, tree: dict[str, Any], sharding: NamedSharding) -> TrainState:
-    tree = jax.device_put(tree, sharding)
-    return state.replace(
-        step=tree["step"],
-        params=tree["params"],
-        batch_stats=tree["batch_stats"],
-        opt_state=tree["opt_state"],
-        rng=jax.random.wrap_key_data(tree["rng"], impl=RNG_IMPL),
-    )
-
-
-class _Preemption:
-    """Turns SIGTERM/SIGINT into a flag the loop checks, so it can save and exit cleanly.
-
-    With `sync` (several processes) `requested()` is agreed on by all processes (an all-gather of
-    the flag), so they stop at the same step and save the checkpoint together; every process must
-    then call it equally often (once per step, once per eval batch).
-    """
-
-    def __init__(self, sync: bool = False):
-        self.signum: int | None = None
-        self.sync = sync
-        self._old: dict[int, Any] = {}
-
-    def requested(self) -> bool:
-        flag = self.signum is not None
-        if self.sync:
-            flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-        return flag
-
-    def describe(self) -> str:
-        return f"signal {self.signum}" if self.signum is not None else "preemption of another process"
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -396,9 +289,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     checkpoints = ckpt.Checkpoints(
         workdir, keep=cc.get("keep", 2), best_metric=cc.get("best_metric") or None, mode=cc.get("best_mode", "max")
     )
-    state, how = trainer.initial_state(checkpoints)
+    begin = trainer.initial_state(checkpoints)
+    state = begin.state
     start = int(jax.device_get(state.step))
-    print(f"[jaxcv] {task.name}: {how}; step {start} of {config.num_train_steps} "
+    print(f"[jaxcv] {task.name}: {begin.describe()}; step {start} of {config.num_train_steps} "
           f"on {jax.device_count()} device(s)", flush=True)
     writer = MetricWriter(workdir, enabled=is_main)
     progress = Progress(config.num_train_steps, start)
@@ -409,12 +303,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step = start
     t_log = time.perf_counter()
     eval_metrics: dict[str, float] = {}
-    with _Preemption(sync=jax.process_count() > 1) as preempt:
+    with Preemption(sync=jax.process_count() > 1) as preempt:
         while step < config.num_train_steps:
             batch = _to_global(next(batches), task.device_keys, trainer.data_sharding)
             if step == start:
                 t_compile = time.perf_counter()
-            state, metrics = trainer.p_train_step(state, batch)
+            state, metrics = trainer.jit_train_step(state, batch)
             if step == start:
                 jax.block_until_ready(metrics)
                 writer.write(step + 1, "compile", {"first_step_s": time.perf_counter() - t_compile})
@@ -437,17 +331,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 return _stop_preempted(preempt, step, state, pending, skip, checkpoints, writer)
             if step % config.checkpoint_every == 0 and step < config.num_train_steps:
                 _check_finite(*pending, skip)
-                checkpoints.save(step, _savable(state))
+                checkpoints.save(step, savable(state))
             if config.eval_every and step % config.eval_every == 0 and step < config.num_train_steps:
                 try:
                     eval_metrics, _ = trainer.evaluate(state, stop=preempt.requested)
                 except Preempted:
                     return _stop_preempted(preempt, step, state, pending, skip, checkpoints, writer)
                 writer.write(step, "eval", eval_metrics)
-                checkpoints.save_best(step, _savable(state), eval_metrics)
+                checkpoints.save_best(step, savable(state), eval_metrics)
         if pending is not None:
             _check_finite(*pending, skip)
-        checkpoints.save(step, _savable(state))
+        checkpoints.save(step, savable(state))
         try:  # a signal now: the final checkpoint is saved, only the evaluation is left for the rerun
             if preempt.requested():
                 raise Preempted("before the final evaluation")
@@ -455,11 +349,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         except Preempted:
             return _stop_preempted(preempt, step, state, pending, skip, checkpoints, writer)
         writer.write(step, "eval", eval_metrics)
-        checkpoints.save_best(step, _savable(state), eval_metrics)
+        checkpoints.save_best(step, savable(state), eval_metrics)
         if is_main:
             out = workdir / "eval"
             out.mkdir(exist_ok=True)
-            (out / "metrics.json").write_text(json.dumps(_jsonable(eval_metrics), indent=2))
+            (out / "metrics.json").write_text(json.dumps(jsonable(eval_metrics), indent=2))
             evaluator.save(out)
             _plot_curves(workdir)
             print("[jaxcv] final eval: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()
@@ -469,57 +363,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     return eval_metrics
 
 
-def _stop_preempted(preempt: _Preemption, step: int, state: TrainState, pending: Any, skip: bool,
+def _stop_preempted(preempt: Preemption, step: int, state: TrainState, pending: Any, skip: bool,
                     checkpoints: ckpt.Checkpoints, writer: MetricWriter) -> dict[str, float]:
     """Saves the state of `step` (a no-op if that step is saved already) and ends the run cleanly; the
     next run with the same workdir resumes from it exactly."""
     if pending is not None:
         _check_finite(*pending, skip)
-    checkpoints.save(step, _savable(state))
+    checkpoints.save(step, savable(state))
     print(f"[jaxcv] {preempt.describe()}: saved checkpoint at step {step}; exiting", flush=True)
     checkpoints.close()
     writer.close()
     return {}
 
 
-def evaluate_only(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """`--mode=eval`: evaluates the workdir's latest checkpoint (or `init_from`)."""
-    workdir = Path(workdir)
-    trainer = Trainer(config, workdir)
-    checkpoints = ckpt.Checkpoints(workdir)
-    state, how = trainer.initial_state(checkpoints, complete=True)
-    print(f"[jaxcv] evaluating: {how}", flush=True)
-    metrics, evaluator = trainer.evaluate(state)
-    out = workdir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
-    evaluator.save(out)
-    print("[jaxcv] eval: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    checkpoints.close()
-    return metrics
-
-
-def predict(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
-    """`--mode=predict`: runs the model on `config.predict.inputs` (a glob) and writes pictures."""
-    import glob
-
-    workdir = Path(workdir)
-    trainer = Trainer(config, workdir)
-    checkpoints = ckpt.Checkpoints(workdir)
-    state, how = trainer.initial_state(checkpoints, complete=True)
-    paths = sorted(glob.glob(config.predict.inputs))
-    if not paths:
-        raise FileNotFoundError(f"predict.inputs={config.predict.inputs!r} matches no file")
-    outdir = Path(config.predict.get("outdir") or workdir / "predict")
-    outdir.mkdir(parents=True, exist_ok=True)
-    print(f"[jaxcv] predicting {len(paths)} image(s) with model {how} -> {outdir}", flush=True)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    trainer.task.predict_files(state.apply_fn, variables, paths, outdir)
-    checkpoints.close()
-    return outdir
-
-
-def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+def jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in metrics.items():
         if isinstance(v, (float, int, np.floating, np.integer)):

@@ -3,9 +3,9 @@
 import os
 from pathlib import Path
 
-# The suite is compile-bound: XLA:CPU with LLVM at -O0 compiles about twice as fast (ResNet-18 train step
-# 16.8 -> 8.3 s) and runs about half as fast, a win for every test but long training runs, which start their
-# own process at full optimization (test_segmentation_learns). JAXCV_TEST_FULL_OPT=1: all at full optimization.
+# The suite is compile-bound: XLA:CPU with LLVM at -O0 compiles about twice as fast and runs about half as
+# fast (benchmarks/README.md), a win for every test but long training runs, which start their own process at
+# full optimization (test_segmentation_learns). JAXCV_TEST_FULL_OPT=1: all at full optimization.
 # Set before jax initializes its backend; subprocesses get the same flags through `xla_flags`.
 TEST_XLA_FLAGS = "" if os.environ.get("JAXCV_TEST_FULL_OPT") == "1" else "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
@@ -39,6 +39,15 @@ def fixtures_dir() -> Path:
     fixture_path("README.md")
     return FIXTURES
 
+
+
+@pytest.fixture(scope="session")
+def inproc_reference(tmp_path_factory) -> Path:
+    """A finished 6-step in-process training run (tests/reliability_util.py), shared by the preemption and
+    checkpoint-integrity tests (they copy it before changing anything)."""
+    from reliability_util import make_inproc_reference
+
+    return make_inproc_reference(tmp_path_factory.mktemp("inproc_ref"))
 
 
 def xla_flags(devices: int | None = None) -> str:

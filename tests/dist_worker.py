@@ -35,14 +35,15 @@ def run(spec: str, steps: int, out: str | Path, overrides: list[str]) -> dict:
     config = load_config_file(ROOT / spec, dict(parse_override(kv) for kv in overrides))
     with tempfile.TemporaryDirectory() as workdir:
         trainer = Trainer(config, workdir)
-        state, how = trainer.initial_state(ckpt.Checkpoints(workdir))
+        start = trainer.initial_state(ckpt.Checkpoints(workdir))
+        state, how = start.state, start.detail
         loader = trainer.loader("train", train=True)
         batches = loader.train_batches(0)
         losses, indices = [], []
         for step in range(int(steps)):
             indices.append(loader.train_indices(step)[0].tolist())
             batch = _to_global(next(batches), trainer.task.device_keys, trainer.data_sharding)
-            state, metrics = trainer.p_train_step(state, batch)
+            state, metrics = trainer.jit_train_step(state, batch)
             losses.append(float(metrics["loss"]))
         params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), state.params)
         np.savez(out, **traverse_util.flatten_dict(params, sep="/"))

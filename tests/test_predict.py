@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from jaxcv import checkpoint as ckpt
-from jaxcv import train
+from jaxcv import modes, train
 from jaxcv.config import load_config_file
+from jaxcv.state import savable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,9 +25,10 @@ def save_initial_checkpoint(config, workdir: Path) -> None:
     """A workdir holding one checkpoint (step 0), as a run leaves it; no train step is compiled."""
     trainer = train.Trainer(config, workdir)
     checkpoints = ckpt.Checkpoints(workdir)
-    state, how = trainer.initial_state(checkpoints)
+    start = trainer.initial_state(checkpoints)
+    state, how = start.state, start.detail
     assert how.startswith("initialized from scratch"), how
-    checkpoints.save(0, train._savable(state))
+    checkpoints.save(0, savable(state))
     checkpoints.close()
 
 
@@ -49,7 +51,7 @@ def test_detection_predict_writes_pictures_and_coco_results(tmp_path: Path):
     save_initial_checkpoint(c, workdir)
     with c.unlocked():
         c.predict.inputs = str(tmp_path / "inputs" / "*.png")
-    out = train.predict(c, workdir)
+    out = modes.predict(c, workdir)
     for p in paths:
         im = Image.open(out / f"{p.stem}_det.png")
         assert im.size == Image.open(p).size  # drawn at the original resolution
@@ -70,7 +72,7 @@ def test_segmentation_predict_writes_indexed_mask_and_overlay(tmp_path: Path):
     save_initial_checkpoint(c, workdir)
     with c.unlocked():
         c.predict.inputs = str(tmp_path / "inputs" / "*.png")
-    out = train.predict(c, workdir)
+    out = modes.predict(c, workdir)
     for p in paths:
         mask = Image.open(out / f"{p.stem}_mask.png")
         assert mask.mode == "P" and mask.size == Image.open(p).size

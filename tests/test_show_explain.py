@@ -15,6 +15,7 @@ from conftest import jit_opt
 from PIL import Image
 
 from jaxcv import explain, show
+from jaxcv.explain import methods
 from jaxcv.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,9 +102,9 @@ def test_filter_pattern_increases_the_activation(quadrant_model):
     assert shown.dtype == np.uint8 and shown.shape == (S, S, 3) and shown.std() > 5
     # The ascent loop is compiled once per (model, layer, size, number of channels): another channel,
     # step count, learning rate or seed reuses it.
-    size = explain._ascend._cache_size()
+    size = methods._ascend._cache_size()
     explain.filter_pattern(model.apply, variables, "logits", 0, S, steps=7, lr=0.2, seed=4)
-    assert explain._ascend._cache_size() == size
+    assert methods._ascend._cache_size() == size
     with pytest.raises(ValueError, match="out of range"):
         explain.filter_pattern(model.apply, variables, "block1_conv1", 16, S, steps=1)
 
@@ -127,19 +128,24 @@ def test_stage_activations_resnet_and_output_keys_as_layers():
         explain.grad_cam(model.apply, variables, image, layer="stem")
 
 
-def test_small_cnn_stages_come_from_its_convs():
+def test_small_cnn_stages_are_its_backbone_levels():
+    """small_cnn follows the backbone contract: its stages are the levels it returns (after each block's pool)."""
     model = create_model("small_cnn", num_classes=4, widths=(8, 16))
     variables = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
     image = np.random.default_rng(1).normal(size=(32, 32, 3)).astype(np.float32)
     stages = explain.stage_activations(model.apply, variables, image)
-    assert {k: v.shape for k, v in stages.items()} == {
-        "block0_conv0": (32, 32, 8), "block0_conv1": (32, 32, 8), "block1_conv0": (16, 16, 16),
-        "block1_conv1": (16, 16, 16)}
-    # The captured conv output equals a direct computation with the conv's own parameters.
-    k = variables["params"]["block0_conv0"]
-    direct = jax.lax.conv_general_dilated(image[None], k["kernel"], (1, 1), ((1, 1), (1, 1)),
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))[0] + k["bias"]
-    np.testing.assert_allclose(stages["block0_conv0"], direct, atol=1e-5)
+    assert {k: v.shape for k, v in stages.items()} == {"C1": (16, 16, 8), "C2": (8, 8, 16)}
+    assert {k: (v.channels, v.stride) for k, v in model.feature_info().items()} == {"C1": (8, 2), "C2": (16, 4)}
+    # C1 equals a direct computation with the block's own parameters: conv, ReLU, conv, ReLU, 2x2 max pool.
+    p = variables["params"]
+
+    def conv(x, name):
+        return jax.lax.conv_general_dilated(x, p[name]["kernel"], (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + p[name]["bias"]
+
+    y = jax.nn.relu(conv(jax.nn.relu(conv(image[None], "block0_conv0")), "block0_conv1"))
+    direct = jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")[0]
+    np.testing.assert_allclose(stages["C1"], direct, atol=1e-5)
 
 
 def test_gallery_tiles_draw_what_the_batch_holds():
@@ -155,7 +161,8 @@ def test_gallery_tiles_draw_what_the_batch_holds():
     assert tuple(px[10 * factor, 4 * factor]) == show.viz.color(1)  # left edge of the box, class 1's colour
     preds = {"boxes": det["boxes"], "labels": det["labels"], "scores": np.array([[0.9, 0.1]] * 2, np.float32),
              "valid": det["box_mask"]}
-    assert len(show.result_tiles(det, preds, ["a", "b"], 16, 0.5, "boxes")) == 2  # one valid example: truth | prediction
+    # one valid example: truth | prediction
+    assert len(show.result_tiles(det, preds, ["a", "b"], 16, 0.5, "boxes")) == 2
     mask = np.zeros((2, 32, 32), np.int32)
     mask[:, 8:16, 8:16] = 2
     seg_tiles = show.batch_tiles({"image": image, "mask": mask}, ["background", "x", "y"], 1, "mask")

@@ -206,7 +206,7 @@ def test_eval_needs_every_variable_from_init_from():
     import numpy as np
 
     from jaxcv import checkpoint as ckpt
-    from jaxcv.train import _check_complete
+    from jaxcv.state import check_complete as _check_complete
 
     c = _config("coco_retinanet_r50_1x")
     state = SimpleNamespace(params={"backbone": {"w": np.zeros(2)}, "head": {"w": np.zeros((3, 91))}},
@@ -236,7 +236,7 @@ def test_eval_converted_torchvision_retinanet_via_init_from(tmp_path: Path):
     import tensorflow_datasets as tfds
     from conftest import fixture_path
 
-    from jaxcv import train
+    from jaxcv import modes
     from jaxcv.convert import convert
 
     weights = convert("retinanet_resnet50_fpn", fixture_path("retinanet_r50_fpn.safetensors"), tmp_path / "w")
@@ -245,7 +245,7 @@ def test_eval_converted_torchvision_retinanet_via_init_from(tmp_path: Path):
         c.model.backbone, c.model.fpn_channels = "resnet50", 256
         c.init_from, c.init_prefix, c.data.label_map = str(weights), "", "category_id"
     with tfds.testing.mock_data(num_examples=2):
-        metrics = train.evaluate_only(c, tmp_path / "run")
+        metrics = modes.evaluate_only(c, tmp_path / "run")
     assert set(metrics) >= {"AP", "AP50"} and all(math.isfinite(v) for v in metrics.values())
     dets = json.loads((tmp_path / "run" / "eval" / "detections.json").read_text())
     assert dets and all(0 <= d["category_id"] <= 90 for d in dets)  # model class = COCO category id

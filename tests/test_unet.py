@@ -117,8 +117,8 @@ def test_resnet_unet_decoder_parameter_count(encoder, c5, skips, upsample):
 
 
 def test_resnet_unet_rejects_bad_config():
-    with pytest.raises(ValueError, match="resnet34"):
-        _shape_init(ResNetUNet(num_classes=3, encoder="vgg16"), (1, 64, 64, 3))
+    with pytest.raises(KeyError, match="unknown backbone 'vgg17'.*resnet34"):
+        _shape_init(ResNetUNet(num_classes=3, encoder="vgg17"), (1, 64, 64, 3))
     with pytest.raises(ValueError, match="5 entries"):
         _shape_init(ResNetUNet(num_classes=3, encoder="resnet18", decoder_channels=(64, 32)), (1, 64, 64, 3))
 

@@ -25,12 +25,12 @@ def main() -> None:
     config = load_config_file(spec, dict(parse_override(kv) for kv in sys.argv[4:]))
     with tempfile.TemporaryDirectory() as workdir:
         trainer = Trainer(config, workdir)
-        state, _ = trainer.initial_state(ckpt.Checkpoints(workdir))
+        state = trainer.initial_state(ckpt.Checkpoints(workdir)).state
         batches = trainer.loader("train", train=True).train_batches(0)
         losses = []
         for _ in range(steps):
             batch = _to_global(next(batches), trainer.task.device_keys, trainer.data_sharding)
-            state, metrics = trainer.p_train_step(state, batch)
+            state, metrics = trainer.jit_train_step(state, batch)
             losses.append(float(metrics["loss"]))
         flat = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
         np.savez(out, **{k: np.asarray(v) for k, v in flat.items()})

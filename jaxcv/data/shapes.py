@@ -267,5 +267,6 @@ def shapes(data_config: Any, split: str) -> ShapesDetection:
     return ShapesDetection(shapes_config_from(data_config), split)
 
 
-SHAPES_KEYS = ("num_train", "num_val", "min_objects", "max_objects", "shape_classes", "seed", "min_visible", "min_size", "max_size")
+SHAPES_KEYS = ("num_train", "num_val", "min_objects", "max_objects", "shape_classes", "seed", "min_visible",
+               "min_size", "max_size")
 register_dataset("shapes", shapes, SHAPES_KEYS)

@@ -174,7 +174,7 @@ class RetinaNetHead(AnchorHead):
         levels = tuple(self.config.anchors.levels)
         stride = 2 ** max(levels)
         if any(s % stride for s in self.image_hw):
-            _fail("data.image_size", self.config.data.image_size,
-                  f"must be divisible by the largest stride {stride} (anchors.levels={levels})")
+            raise ValueError(f"data.image_size={self.config.data.image_size} must be divisible by the largest "
+                             f"stride {stride} (anchors.levels={levels})")
         if len(self.config.anchors.sizes) != len(levels):
             _fail("anchors.sizes", tuple(self.config.anchors.sizes), f"needs one size per level of {levels}")

@@ -1,5 +1,5 @@
-"""Segmentation networks (NHWC, linen): U-Net on a ResNet encoder, the classic U-Net, and the small
-Keras Oxford-IIIT Pet segmenter.
+"""Segmentation networks (NHWC, linen): U-Net on any registered backbone as encoder, the classic U-Net, and
+the small Keras Oxford-IIIT Pet segmenter.
 
 Every model maps `x: [B, H, W, 3]` to `{"logits": [B, H, W, num_classes] float32}` at input resolution.
 `train=True` normalizes with batch statistics and updates `batch_stats` (apply with
@@ -10,7 +10,8 @@ Every model maps `x: [B, H, W, 3]` to `{"logits": [B, H, W, num_classes] float32
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -18,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.models import MODELS
+from jaxcv.models.backbones import create_backbone, deepest_level
 from jaxcv.models.layers import BatchNorm, Conv, output_dtype
-from jaxcv.models.resnet import RESNET_CONFIGS, ResNet
 
 Array = jax.Array
 Dtype = Any
@@ -121,25 +122,29 @@ class DecoderBlock(nn.Module):
         return x
 
 
-class ResNetUNet(nn.Module):
-    """U-Net with a torchvision-layout ResNet encoder (smp `Unet` / fastai `DynamicUnet` style).
+class EncoderUNet(nn.Module):
+    """U-Net on any registered backbone as its encoder (smp `Unet` / fastai `DynamicUnet` style).
 
-    The encoder is the submodule `backbone` (a `jaxcv.models.resnet.ResNet` without the fc), so
-    ImageNet weights load under the `backbone/` prefix and optimizers can give it its own learning
-    rate. Decoder (5 blocks, `decoder_channels`), strides 32 -> 16 -> 8 -> 4 -> 2 -> 1:
+    The encoder is the submodule `backbone` (`jaxcv.models.backbones`, built without a classifier), so
+    ImageNet weights load under the `backbone/` prefix and optimizers can give it its own learning rate.
+    The decoder has one block per halving of the encoder's deepest stride (`decoder_channels`, 5 for
+    stride 32): each upsamples to the next finer stride and concatenates the encoder levels at that stride
+    (C-levels, then `stem`). For a ResNet:
 
       block0: up(C5) ++ C4      block1: ++ C3      block2: ++ C2 ++ stem (both stride 4)
       block3: no skip (stride 2) block4: no skip (stride 1), then a 3x3 conv head to logits.
 
-    smp concatenates the stride-2 stem conv output (before the max pool) in block3; our ResNet
-    exposes only the post-pool `stem`, so it joins C2 at stride 4 instead. Blocks upsample to the
-    skip's exact size, so any H, W works (torchvision's ceil(n/2) per stride-2 step).
-    `freeze_encoder_bn` keeps the encoder's BatchNorm in inference mode (running statistics, no
-    updates) even when `train=True`, the usual choice for small batches of fine-tuning.
+    smp concatenates the stride-2 stem conv output (before the max pool) in block3; our ResNet exposes
+    only the post-pool `stem`, so it joins C2 at stride 4 instead (a backbone with a `C1`, like
+    MobileNetV3, joins it at stride 2). Blocks upsample to the skip's exact size, so any H, W works
+    (ceil(n/2) per stride-2 step). `freeze_encoder_bn` keeps the encoder's BatchNorm in inference mode
+    (running statistics, no updates) even when `train=True`, the usual choice for small batches of
+    fine-tuning.
     """
 
     num_classes: int
     encoder: str = "resnet34"
+    encoder_kwargs: Mapping[str, Any] | None = None
     decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
     upsample: Upsample = "bilinear"
     freeze_encoder_bn: bool = False
@@ -147,25 +152,23 @@ class ResNetUNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
-        if self.encoder not in RESNET_CONFIGS:
-            raise ValueError(f"unknown encoder {self.encoder!r}; expected one of {sorted(RESNET_CONFIGS)}")
-        if len(self.decoder_channels) != 5:
-            raise ValueError(f"decoder_channels needs 5 entries (stride 32 -> 1), got {self.decoder_channels}")
-        stage_sizes, block = RESNET_CONFIGS[self.encoder]
+        body = create_backbone(self.encoder, num_classes=0, dtype=self.dtype, name="backbone",
+                               **dict(self.encoder_kwargs or {}))
+        info = body.feature_info()
+        deepest = deepest_level(info)
+        blocks = int(math.log2(info[deepest].stride))
+        if len(self.decoder_channels) != blocks:
+            raise ValueError(f"decoder_channels needs {blocks} entries for encoder {self.encoder!r} (stride "
+                             f"{info[deepest].stride} -> 1), got {tuple(self.decoder_channels)}")
         h, w = x.shape[1:3]
-        feats = ResNet(stage_sizes=stage_sizes, block=block, num_classes=0, dtype=self.dtype, name="backbone")(
-            x, train=train and not self.freeze_encoder_bn
-        )
-        half = (-(-h // 2), -(-w // 2))  # size of the stride-2 map in the encoder (ceil)
-        plan: list[tuple[list[Array], tuple[int, int]]] = [
-            ([feats["C4"]], feats["C4"].shape[1:3]),
-            ([feats["C3"]], feats["C3"].shape[1:3]),
-            ([feats["C2"], feats["stem"]], feats["C2"].shape[1:3]),
-            ([], half),
-            ([], (h, w)),
-        ]
-        y = feats["C5"]
-        for i, ((skips, size), ch) in enumerate(zip(plan, self.decoder_channels, strict=True)):
+        feats = body(x, train=train and not self.freeze_encoder_bn)
+        y = feats[deepest]
+        for i, ch in enumerate(self.decoder_channels):
+            stride = info[deepest].stride // 2 ** (i + 1)
+            names = sorted((lvl for lvl in info if info[lvl].stride == stride and lvl != deepest),
+                           key=lambda lvl: (lvl == "stem", lvl))
+            skips = [feats[lvl] for lvl in names]
+            size = skips[0].shape[1:3] if skips else (-(-h // stride), -(-w // stride))
             y = DecoderBlock(ch, self.upsample, dtype=self.dtype, name=f"decoder{i}")(y, skips, size, train)
         logits = Conv(
             self.num_classes,
@@ -176,6 +179,9 @@ class ResNetUNet(nn.Module):
             name="head",
         )(y.astype(output_dtype(self.dtype)))
         return {"logits": logits}
+
+
+ResNetUNet = EncoderUNet  # the name of its first encoder family
 
 
 class UNet(nn.Module):
@@ -290,7 +296,8 @@ class PetsSegmenter(nn.Module):
         return {"logits": logits}
 
 
-MODELS.register("unet_resnet", ResNetUNet)
+MODELS.register("encoder_unet", EncoderUNet)
+MODELS.register("unet_resnet", EncoderUNet)
 for _encoder in ("resnet18", "resnet34", "resnet50"):
     MODELS.register(f"unet_{_encoder}", functools.partial(ResNetUNet, encoder=_encoder))
 MODELS.register("unet", UNet)

@@ -1,11 +1,9 @@
 """Convolution as shifted slices + one matmul ("im2col"), a drop-in `lax.conv_general_dilated`.
 
-Why: XLA:CPU lowers the *gradients* of convolutions poorly. Measured on the 2-core development CPU
-(jax 0.10.2, float32, `benchmarks/README.md` has the table), forward + backward of a 1x1 conv
-[8, 56, 56, 256] -> 64 takes 1220 ms through `lax.conv_general_dilated` and 54 ms as an einsum; a 3x3
-conv on a 2x2 map with 512 channels takes 165 ms forward (6 ms as a matmul). Writing the convolution
-as K*K strided slices concatenated on the channel axis and one `[N, K*K*Cin] x [K*K*Cin, Cout]`
-matmul turns both passes into matmuls, which XLA:CPU runs far faster; autodiff of slices and
+Why: XLA:CPU lowers the *gradients* of convolutions poorly, and small maps with many channels slowly even
+forward (the per-shape timings are in `benchmarks/README.md`). Writing the convolution as K*K strided
+slices concatenated on the channel axis and one `[N, K*K*Cin] x [K*K*Cin, Cout]` matmul turns both passes
+into matmuls, which XLA:CPU runs far faster; autodiff of slices and
 a matmul is again slices (pads) and matmuls.
 
 `conv_general_dilated` here takes the arguments of `lax.conv_general_dilated` and is passed to
@@ -59,16 +57,15 @@ def _is_one(x: Sequence[int] | None) -> bool:
 
 def _use_im2col(lhs_shape: Sequence[int], rhs_shape: Sequence[int], strides: Sequence[int],
                 padding: Sequence[tuple[int, int]], bf16: bool = False) -> bool:
-    """The `auto` rule on the CPU backend (measured per layer shape, benchmarks/README.md): 1x1 kernels are a
-    plain matmul; larger kernels use XLA's convolution when the output has more than `IM2COL_MAX_ROWS` rows
-    (batch x output pixels), where it beat im2col by up to 3x (few channels, large maps: the U-Net decoder),
-    and im2col on smaller outputs, where XLA's convolution is slow (up to 20x on 2x2 maps).
+    """The `auto` rule on the CPU backend (chosen from per-layer timings, benchmarks/README.md): 1x1 kernels are
+    a plain matmul; larger kernels use XLA's convolution when the output has more than `IM2COL_MAX_ROWS` rows
+    (batch x output pixels), where it beats im2col (few channels, large maps: the U-Net decoder), and im2col
+    on smaller outputs, where XLA's convolution is slow (small maps).
 
     bfloat16 (`bf16`: both operands bfloat16): XLA:CPU computes every convolution in float32 (converts around
     it), while im2col's matmul runs natively in bfloat16 (`bf16_matmul`), so im2col also wins on large
     outputs when the matmul is wide enough to outweigh writing the KH*KW-times larger patches: from
-    `BF16_IM2COL_MIN_COUT` output channels (measured fwd + grads: 0.64-0.99 of XLA's time at 128-256
-    channels, 1.3-2.7x slower at 16-64 channels on 64²-256² maps)."""
+    `BF16_IM2COL_MIN_COUT` output channels (below that it is slower than XLA's; benchmarks/README.md)."""
     if _impl != "auto":
         return _impl == "im2col"
     if jax.default_backend() != "cpu":
@@ -126,8 +123,8 @@ def _dot_f32(a: jax.Array, b: jax.Array, dims: tuple[Any, Any]) -> jax.Array:
 def bf16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """x: [..., K] bfloat16, w: [K, N] bfloat16 -> [..., N] bfloat16, accumulated in float32.
 
-    Why: XLA:CPU runs a dot with bfloat16 inputs natively (AVX-512 BF16: ~1.9x the float32 FLOP/s on the
-    development CPU) only when it accumulates to float32; a bfloat16-out dot, and every convolution, is
+    Why: XLA:CPU runs a dot with bfloat16 inputs natively (AVX-512 BF16; its FLOP/s against float32 are in
+    benchmarks/README.md) only when it accumulates to float32; a bfloat16-out dot, and every convolution, is
     rewritten to float32 with converts around it (no faster than float32). The backward pass is written out
     (not autodiff) so that both gradient dots also take bfloat16 inputs, the incoming gradient rounded to
     bfloat16 as `torch.autocast` does: dx = g @ w.T and dw = x.T @ g, each accumulated in float32."""

@@ -2,8 +2,8 @@
 
 Why: autodiff of `flax.linen.BatchNorm` (mean, centered variance, normalize, scale, shift) leaves XLA:CPU
 with ~5 reductions and ~6 element-wise passes over each normalized activation per training step
-(counted in the compiled ResNet-50 step, benchmarks/README.md); BatchNorm and ReLU were ~35% of the
-step's op time, all memory-bound. The closed-form gradient needs two per-channel sums over (g, x) and one
+(counted in the compiled ResNet-50 step; BatchNorm and ReLU's share of the step is in benchmarks/README.md),
+all memory-bound. The closed-form gradient needs two per-channel sums over (g, x) and one
 element-wise pass:
 
     xhat = (x - mean) * r,  r = rsqrt(var + eps),  y = scale * xhat + bias
@@ -66,7 +66,7 @@ def _bwd(epsilon: float, fast_variance: bool, relu: bool, dtype: Any, res: tuple
     x, scale, mean, r, out, residual = res
     # The barrier hides the forward's values from XLA's simplifier and CSE: without it XLA rewrites the mask
     # `out > 0` as `pre-activation > 0` and shares `x - mean` and the broadcast `r * scale` with the forward
-    # pass, so each of them is written out at full size (measured: three extra passes per BatchNorm).
+    # pass, so each of them is written out at full size (extra passes per BatchNorm).
     x, scale, mean, r, out = jax.lax.optimization_barrier((x, scale, mean, r, out))
     g, g_mean, g_var = cts
     cd = mean.dtype
