@@ -12,6 +12,7 @@ Missing, unexpected or mis-shaped keys raise one ValueError listing all of them;
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxcv.models import create_model
+from jaxcv.models.backbones import IMPORTERS
 from jaxcv.models.resnet import RESNET_CONFIGS
 
 RETINANET_ARCHS = ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")
@@ -195,15 +197,58 @@ def convert_state_dict(
     )
 
 
+def import_weights(key: str, *args: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Runs the weights importer registered as `key` ("torchvision:vgg16_bn", "timm:vit_tiny_patch16_224",
+    "keras:mini_xception", "darknet", "ultralytics:yolov8n", "segment_anything"; `IMPORTERS.names()` lists
+    them): `(module, variables)`, strict about every key and shape."""
+    import jaxcv.models  # noqa: F401  (every model family registers its importers on import)
+
+    return IMPORTERS.get(key)(*args, **kwargs)
+
+
 def from_torchvision(
     arch: str, state_dict: Mapping[str, np.ndarray], **kwargs: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Builds the jaxcv model for a torchvision arch and its variables `{'params', 'batch_stats'}`.
 
-    `arch`: resnet18/34/50/101 or retinanet_resnet50_fpn(_v2). `kwargs` go to the model (e.g. `dtype`)
-    and override inferred settings (see `model_config`).
+    `arch`: resnet18/34/50/101, retinanet_resnet50_fpn(_v2), or any other registered "torchvision:ARCH"
+    importer (mobilenet_v3_small/large, vgg11..vgg19(_bn), alexnet). `kwargs` go to the model (e.g. `dtype`)
+    and override inferred settings (see `model_config`). The class count is read from the weights; without
+    classifier keys the model is headless (a backbone).
     """
+    if arch not in ARCHS:
+        return import_weights(f"torchvision:{arch}", state_dict, **kwargs)
     name, model_kwargs = model_config(arch, state_dict, **kwargs)
     module = create_model(name, **model_kwargs)
     return module, convert_state_dict(module, state_dict, detection=arch in RETINANET_ARCHS)
 
+
+for _arch in ARCHS:
+    if f"torchvision:{_arch}" not in IMPORTERS:
+        IMPORTERS.register(f"torchvision:{_arch}", functools.partial(from_torchvision, _arch))
+
+
+def from_timm(arch: str, state_dict: Mapping[str, np.ndarray], **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """A timm model (`vit_tiny_patch16_224`, `vit_small_patch16_224`, ...) from its state dict."""
+    return import_weights(f"timm:{arch}", state_dict, **kwargs)
+
+
+def from_keras(arch: str, weights: Mapping[str, np.ndarray], **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """A Keras model (`mini_xception`) from its weights keyed `layer/variable` (Keras 3 variable paths)."""
+    return import_weights(f"keras:{arch}", weights, **kwargs)
+
+
+def from_darknet(cfg_path: str | Path, weights_path: str | Path, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """A darknet network from its `.cfg` and `.weights` files (YOLOv3, YOLOv3-tiny, ...)."""
+    return import_weights("darknet", cfg_path, weights_path, **kwargs)
+
+
+def from_ultralytics(arch: str, state_dict: Mapping[str, np.ndarray], num_classes: int | None = None,
+                     **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """An ultralytics detector (`yolov8n`/`s`/`m`/`l`/`x`) from its state dict (saved as safetensors)."""
+    return import_weights(f"ultralytics:{arch}", state_dict, num_classes=num_classes, **kwargs)
+
+
+def from_segment_anything(state_dict: Mapping[str, np.ndarray], **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Segment Anything from `segment_anything`'s state dict; kwargs as its `_build_sam` (default ViT-B)."""
+    return import_weights("segment_anything", state_dict, **kwargs)

@@ -40,7 +40,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     paths = sorted(glob.glob(config.predict.inputs))
     if not paths:
         raise FileNotFoundError(f"predict.inputs={config.predict.inputs!r} matches no file")
-    outdir = Path(config.predict.get("outdir") or workdir / "predict")
+    outdir = Path(config.predict.outdir or workdir / "predict")
     outdir.mkdir(parents=True, exist_ok=True)
     print(f"[jaxcv] predicting {len(paths)} image(s) with model {start.describe()} -> {outdir}", flush=True)
     variables = {"params": state.params, "batch_stats": state.batch_stats}

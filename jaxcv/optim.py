@@ -33,26 +33,26 @@ SCHEDULES = ("constant", "warmup_cosine", "step", "onecycle")
 
 def create_schedule(cfg: ml_collections.ConfigDict, peak: float, total_steps: int) -> optax.Schedule:
     """A learning-rate schedule (a function of the step)."""
-    name = cfg.get("name", "constant")
-    warmup = int(cfg.get("warmup_steps", 0))
-    init = peak * float(cfg.get("warmup_init", 0.0))
+    name = cfg.name
+    warmup = int(cfg.warmup_steps)
+    init = peak * float(cfg.warmup_init)
     if name == "constant":
         main = optax.constant_schedule(peak)
     elif name == "warmup_cosine":
         main = optax.cosine_decay_schedule(
-            peak, max(1, total_steps - warmup), alpha=float(cfg.get("end_factor", 0.0))
+            peak, max(1, total_steps - warmup), alpha=float(cfg.end_factor)
         )
     elif name == "step":
-        factor = float(cfg.get("decay_factor", 0.1))
-        bounds = {int(b) - warmup: factor for b in cfg.get("boundaries", ()) if int(b) > warmup}
+        factor = float(cfg.decay_factor)
+        bounds = {int(b) - warmup: factor for b in cfg.boundaries if int(b) > warmup}
         main = optax.piecewise_constant_schedule(peak, bounds)
     elif name == "onecycle":
         return optax.cosine_onecycle_schedule(
             total_steps,
             peak,
-            pct_start=float(cfg.get("pct_start", 0.25)),
-            div_factor=float(cfg.get("div_factor", 25.0)),
-            final_div_factor=float(cfg.get("final_div_factor", 1e4)),
+            pct_start=float(cfg.pct_start),
+            div_factor=float(cfg.div_factor),
+            final_div_factor=float(cfg.final_div_factor),
         )
     else:
         raise ValueError(f"unknown schedule.name {name!r}; known: {', '.join(SCHEDULES)}")
@@ -94,19 +94,19 @@ def decay_mask(params: Any) -> Any:
 
 
 def _base_optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule, mask: Any):
-    name = cfg.get("name", "sgd")
-    wd = float(cfg.get("weight_decay", 0.0))
+    name = cfg.name
+    wd = float(cfg.weight_decay)
     if name == "sgd":
         return optax.chain(
             optax.add_decayed_weights(wd, mask=mask) if wd else optax.identity(),
-            optax.sgd(lr, momentum=cfg.get("momentum", 0.9) or None, nesterov=cfg.get("nesterov", False)),
+            optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
         )
     if name in ("adamw", "adam"):
         return optax.adamw(
             lr,
-            b1=cfg.get("b1", 0.9),
-            b2=cfg.get("b2", 0.999),
-            eps=cfg.get("eps", 1e-8),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
             weight_decay=wd if name == "adamw" else 0.0,
             mask=mask,
         )
@@ -118,8 +118,8 @@ def create_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Gr
     ocfg = config.optimizer
     schedule = create_schedule(config.schedule, float(ocfg.learning_rate), int(config.num_train_steps))
     mask = decay_mask(params)
-    multipliers = dict(config.get("lr_multipliers", {}) or {})
-    freeze = list(config.get("freeze", ()) or ())
+    multipliers = dict(config.lr_multipliers or {})
+    freeze = list(config.freeze or ())
     labels = param_labels(params, freeze, multipliers)
     used = set(jax.tree_util.tree_leaves(labels))
     for prefix in freeze + list(multipliers):
@@ -133,7 +133,7 @@ def create_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Gr
         transforms[f"mult:{prefix}"] = _base_optimizer(
             ocfg, lambda step, f=float(factor): f * schedule(step), mask
         )
-    clip = float(ocfg.get("clip_grad_norm", 0.0) or 0.0)
+    clip = float(ocfg.clip_grad_norm or 0.0)
     return optax.chain(
         optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(),
         optax.multi_transform(transforms, labels),

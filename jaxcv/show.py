@@ -212,7 +212,7 @@ def show(config: ml_collections.ConfigDict | None, what: str, workdir: str | Pat
         if workdir is None:
             raise ValueError("--what=results needs --workdir (a run with checkpoints)")
         state = restore_state(trainer, workdir)
-        thresh = float(config.get("predict", {}).get("score_thresh", 0.3))
+        thresh = float(config.predict.score_thresh)
         shown = 0
         per_example = 1
         for batch, preds in _eval_pairs(trainer, state):

@@ -67,7 +67,7 @@ def create_train_state(
     def init(key):
         variables = model.init({"params": key, "dropout": key}, jnp.asarray(task.dummy_input()), train=False)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
-        if config.get("dtype") == "float64":  # checking numerics: the float32 run's init, then all in float64
+        if config.dtype == "float64":  # checking numerics: the float32 run's init, then all in float64
             params, batch_stats = jax.tree.map(lambda x: x.astype(jnp.float64), (params, batch_stats))
         return params, batch_stats
 
@@ -138,7 +138,7 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         validate_config(config)  # generic checks, before any dataset is built or anything compiles
-        set_conv_impl(config.get("conv_impl", "auto"))  # read when the steps are traced
+        set_conv_impl(config.conv_impl)  # read when the steps are traced
         self.config = config
         self.workdir = Path(workdir)
         self.task = create_task(config)
@@ -155,7 +155,7 @@ class Trainer:
             )
         self.jit_train_step = jax.jit(
             functools.partial(
-                train_step, task=self.task, skip_nonfinite=bool(config.get("skip_nonfinite", False))
+                train_step, task=self.task, skip_nonfinite=bool(config.skip_nonfinite)
             ),
             in_shardings=(self.replicated, self.data_sharding),
             out_shardings=(self.replicated, self.replicated),
@@ -170,7 +170,7 @@ class Trainer:
     def _check_param_prefixes(self) -> None:
         """`freeze`/`lr_multipliers` prefixes must name parameters: checked on the parameter shapes
         (`jax.eval_shape` traces the init, nothing compiles) so a typo fails before compilation."""
-        if not (self.config.get("freeze") or self.config.get("lr_multipliers")):
+        if not (self.config.freeze or self.config.lr_multipliers):
             return
         model = self.task.create_model()
         dummy = self.task.dummy_input()
@@ -190,12 +190,12 @@ class Trainer:
         return Loader(
             self.task.source(split),
             self.task.make_transform(train),
-            global_batch_size=cfg.get("eval_batch_size", cfg.batch_size) if not train else cfg.batch_size,
+            global_batch_size=cfg.eval_batch_size if not train else cfg.batch_size,
             seed=cfg.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            bad_input=cfg.data.get("bad_input", "fail"),
-            num_threads=cfg.data.get("num_threads", 4),
+            bad_input=cfg.data.bad_input,
+            num_threads=cfg.data.num_threads,
         )
 
     def initial_state(self, checkpoints: ckpt.Checkpoints, complete: bool = False) -> Start:
@@ -211,9 +211,9 @@ class Trainer:
             tree, step = restored
             return Start(replace_from_tree(state, tree, self.replicated), "checkpoint",
                          f"resumed from {self.workdir}/checkpoints/{step}")
-        if self.config.get("init_from"):
+        if self.config.init_from:
             source = ckpt.load_variables(self.config.init_from)
-            prefix = self.config.get("init_prefix", "")
+            prefix = self.config.init_prefix
             params, report = ckpt.merge_pretrained(state.params, source["params"], prefix)
             stats, stats_report = ckpt.merge_pretrained(state.batch_stats, source.get("batch_stats", {}), prefix)
             if not report["loaded"]:
@@ -287,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     trainer.loader("validation", train=False)
     cc = config.checkpoint
     checkpoints = ckpt.Checkpoints(
-        workdir, keep=cc.get("keep", 2), best_metric=cc.get("best_metric") or None, mode=cc.get("best_mode", "max")
+        workdir, keep=cc.keep, best_metric=cc.best_metric or None, mode=cc.best_mode
     )
     begin = trainer.initial_state(checkpoints)
     state = begin.state
@@ -298,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     progress = Progress(config.num_train_steps, start)
     batches = train_loader.train_batches(start)
     history: list[dict[str, Any]] = []
-    skip = bool(config.get("skip_nonfinite", False))
+    skip = bool(config.skip_nonfinite)
     pending: tuple[int, dict[str, Any]] | None = None
     step = start
     t_log = time.perf_counter()

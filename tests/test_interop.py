@@ -87,7 +87,9 @@ def test_all_problems_reported_together(resnet18_sd) -> None:
 
 
 def test_unknown_arch_and_kwargs_override(resnet18_sd) -> None:
-    with pytest.raises(ValueError, match="resnet18.*retinanet_resnet50_fpn"):
+    with pytest.raises(KeyError, match="unknown weights importer 'torchvision:resnet17'.*torchvision:resnet18"):
+        from_torchvision("resnet17", resnet18_sd)
+    with pytest.raises(ValueError, match="missing keys .*features.0.weight"):  # another family's weights
         from_torchvision("vgg16", resnet18_sd)
     with pytest.raises(ValueError, match="fc.weight"):
         from_torchvision("resnet18", resnet18_sd, num_classes=10)  # contradicts the checkpoint

@@ -125,7 +125,7 @@ def explain(
 
 def _score_text(config: Any, scores: np.ndarray, c: int) -> str:
     """The explained class's score as a probability where the task defines one."""
-    if config.task == "classification" and not config.get("multilabel", False):
+    if config.task == "classification" and not config.multilabel:
         p = np.exp(scores - scores.max())
         return f"p={p[c] / p.sum():.2f}"
     if config.task in ("detection", "classification"):  # sigmoid scores (RetinaNet: best anchor)

@@ -94,7 +94,7 @@ class Task:
     # ---- model ----------------------------------------------------------------------------
     def model_kwargs(self) -> dict[str, Any]:
         kwargs = {k: v for k, v in self.config.model.to_dict().items() if k != "name"}
-        dtype = self.config.get("dtype", "float32")
+        dtype = self.config.dtype
         kwargs.setdefault("dtype", jax.numpy.dtype(dtype))
         return kwargs
 

@@ -33,7 +33,7 @@ class ClassificationTask(Task):
 
     @property
     def multilabel(self) -> bool:
-        return bool(self.config.get("multilabel", False))
+        return bool(self.config.multilabel)
 
     @property
     def device_keys(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -44,7 +44,7 @@ class ClassificationTask(Task):
         return int(self.source("train").num_classes)
 
     def validate(self) -> None:
-        n = self.config.data.get("num_classes")
+        n = self.config.data.num_classes
         if n and self.num_classes != n:
             raise ValueError(
                 f"data.num_classes={n} but dataset {self.config.data.name!r} has {self.num_classes} classes"
@@ -54,15 +54,15 @@ class ClassificationTask(Task):
         from jaxcv.data.classification import make_classification_transform
 
         d = self.config.data
-        aug = d.get("augment", {}) or {}
+        aug = d.augment
         return make_classification_transform(
             self.image_size,
             train,
-            hflip=aug.get("hflip", True),
-            random_resized_crop=aug.get("random_resized_crop", True),
-            crop_scale=tuple(aug.get("crop_scale", (0.35, 1.0))),
-            eval_crop_ratio=aug.get("eval_crop_ratio", 0.0) or None,
-            pad_crop=int(aug.get("pad_crop", 0)),
+            hflip=aug.hflip,
+            random_resized_crop=aug.random_resized_crop,
+            crop_scale=tuple(aug.crop_scale),
+            eval_crop_ratio=aug.eval_crop_ratio or None,
+            pad_crop=int(aug.pad_crop),
             multilabel_classes=self.num_classes if self.multilabel else None,
         )
 

@@ -47,7 +47,7 @@ class DetectionTask(Task):
     def label_map(self) -> str:
         """`data.label_map`: "contiguous" (class k = k-th category in sorted id order) or "category_id"
         (class k = category id k, with unused ids never positive: torchvision's 91-output COCO models)."""
-        return self.config.data.get("label_map", "contiguous")
+        return self.config.data.label_map
 
     @property
     def num_classes(self) -> int:
@@ -80,15 +80,15 @@ class DetectionTask(Task):
     def make_transform(self, train: bool):
         from jaxcv.data.detection import make_detection_transform
 
-        aug = self.config.data.get("augment", {}) or {}
-        jitter = aug.get("scale_jitter")
+        aug = self.config.data.augment
+        jitter = aug.scale_jitter
         return make_detection_transform(
             self.image_size,
             int(self.config.data.max_boxes),
             train,
-            hflip=bool(aug.get("hflip", True)),
+            hflip=bool(aug.hflip),
             scale_jitter=tuple(jitter) if jitter else None,
-            photometric=bool(aug.get("photometric", False)),
+            photometric=bool(aug.photometric),
         )
 
     def model_kwargs(self) -> dict[str, Any]:

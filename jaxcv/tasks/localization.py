@@ -97,15 +97,15 @@ class LocalizationTask(Task):
         return int(self.source("train").num_classes)
 
     def validate(self) -> None:
-        n = self.config.data.get("num_classes")
+        n = self.config.data.num_classes
         if n and n != self.num_classes:
             raise ValueError(
                 f"data.num_classes={n} but dataset {self.config.data.name!r} has {self.num_classes} classes"
             )
 
     def make_transform(self, train: bool):
-        aug = self.config.data.get("augment", {}) or {}
-        return make_localization_transform(self.image_size, train, hflip=bool(aug.get("hflip", True)))
+        aug = self.config.data.augment
+        return make_localization_transform(self.image_size, train, hflip=bool(aug.hflip))
 
     def model_kwargs(self) -> dict[str, Any]:
         kwargs = super().model_kwargs()
@@ -113,7 +113,7 @@ class LocalizationTask(Task):
         return kwargs
 
     def loss(self, outputs, batch):
-        lc = self.config.get("loss", {}) or {}
+        lc = self.config.loss
         boxes = upcast(outputs["boxes"])  # [B, 4]
         logits = upcast(outputs["logits"])  # [B, K]
         m = batch["has_box"].astype(jnp.float32)  # [B]
@@ -122,7 +122,7 @@ class LocalizationTask(Task):
         l1 = jnp.abs(boxes - batch["box"]).mean(-1)  # [B]
         cls_loss = (ce * m).sum() / denom
         box_loss = (l1 * m).sum() / denom
-        total = float(lc.get("cls_weight", 1.0)) * cls_loss + float(lc.get("box_weight", 5.0)) * box_loss
+        total = float(lc.cls_weight) * cls_loss + float(lc.box_weight) * box_loss
         iou = paired_box_iou(boxes, batch["box"])
         acc = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         return total, {"cls_loss": cls_loss, "box_loss": box_loss, "accuracy": (acc * m).sum() / denom,

@@ -41,7 +41,7 @@ class SegmentationTask(Task):
         stride = 32  # the U-Nets' deepest level
         if self.image_size % stride:
             raise ValueError(f"data.image_size={self.image_size} must be divisible by {stride} for a U-Net")
-        n = self.config.data.get("num_classes")
+        n = self.config.data.num_classes
         if n and n != self.num_classes:
             raise ValueError(
                 f"data.num_classes={n} but dataset {self.config.data.name!r} has {self.num_classes} classes"
@@ -50,10 +50,10 @@ class SegmentationTask(Task):
     def make_transform(self, train: bool):
         from jaxcv.data.segmentation import make_segmentation_transform
 
-        aug = self.config.data.get("augment", {}) or {}
-        jitter = aug.get("scale_jitter")
+        aug = self.config.data.augment
+        jitter = aug.scale_jitter
         return make_segmentation_transform(
-            self.image_size, train, hflip=bool(aug.get("hflip", True)), scale_jitter=tuple(jitter) if jitter else None
+            self.image_size, train, hflip=bool(aug.hflip), scale_jitter=tuple(jitter) if jitter else None
         )
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -65,16 +65,16 @@ class SegmentationTask(Task):
         lc = self.config.loss
         logits = upcast(outputs["logits"])
         mask = batch["mask"]
-        weights = lc.get("class_weights")
+        weights = lc.class_weights
         terms: dict[str, jax.Array] = {}
         total = jnp.zeros((), jnp.float32)
         if lc.name in ("ce", "ce_dice"):
             cw = jnp.asarray(weights, jnp.float32) if weights else None
             terms["ce"] = segmentation_cross_entropy(logits, mask, ignore_index=IGNORE_INDEX, class_weights=cw)
-            total = total + lc.get("ce_weight", 1.0) * terms["ce"]
+            total = total + lc.ce_weight * terms["ce"]
         if lc.name in ("dice", "ce_dice"):
             terms["dice"] = soft_dice_loss(logits, mask, self.num_classes, ignore_index=IGNORE_INDEX)
-            total = total + lc.get("dice_weight", 1.0) * terms["dice"]
+            total = total + lc.dice_weight * terms["dice"]
         valid = mask != IGNORE_INDEX
         terms["pixel_acc"] = ((jnp.argmax(logits, -1) == mask) & valid).sum() / jnp.maximum(valid.sum(), 1)
         return total, terms
