@@ -110,6 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""
     c.init_prefix = ""
     c.skip_nonfinite = False  # True: drop updates with NaN/Inf instead of stopping
+    # Exponential moving average of the weights (0 = off), evaluated and checkpointed with the state;
+    # ema_tau ramps the decay up as ultralytics' ModelEMA (decay * (1 - exp(-step / tau))), 0 = constant.
+    c.ema_decay = 0.0
+    c.ema_tau = 2000.0
     c.predict = ml_collections.ConfigDict({"inputs": "", "outdir": "", "score_thresh": 0.3})
     # Evaluators, big_vision style: {name: {"type": registered evaluator, **its kwargs}} (jaxcv.tasks.base)
     c.evals = ml_collections.ConfigDict()
@@ -289,6 +293,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _fail("schedule.name", sched.name, f"unknown schedule; known: {', '.join(SCHEDULES)}")
     if any(not _number(b) for b in sched.get("boundaries", ()) or ()):
         _fail("schedule.boundaries", sched.boundaries, "must be a sequence of step numbers")
+    ema = config.get("ema_decay", 0.0)
+    if not _number(ema) or not 0.0 <= ema < 1.0:
+        _fail("ema_decay", ema, "must be a number in [0, 1) (0 = no moving average)")
     ck = config.get("checkpoint") or {}
     if ck.get("best_mode", "max") not in ("max", "min"):
         _fail("checkpoint.best_mode", ck.best_mode, "must be 'max' or 'min'")

@@ -43,7 +43,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     outdir = Path(config.predict.outdir or workdir / "predict")
     outdir.mkdir(parents=True, exist_ok=True)
     print(f"[jaxcv] predicting {len(paths)} image(s) with model {start.describe()} -> {outdir}", flush=True)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = state.eval_variables()
     trainer.task.predict_files(state.apply_fn, variables, paths, outdir)
     checkpoints.close()
     return outdir

@@ -18,6 +18,12 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any
     rng: jax.Array
+    # Exponential moving average of {"params", "batch_stats"} (`config.ema_decay` > 0), else {}.
+    ema: Any = None
+
+    def eval_variables(self) -> dict[str, Any]:
+        """The variables evaluation and prediction use: the EMA weights when kept, else the trained ones."""
+        return dict(self.ema) if self.ema else {"params": self.params, "batch_stats": self.batch_stats}
 
 
 class Start(NamedTuple):
@@ -74,6 +80,7 @@ def savable(state: TrainState) -> dict[str, Any]:
         "batch_stats": state.batch_stats,
         "opt_state": state.opt_state,
         "rng": jax.random.key_data(state.rng),
+        **({"ema": state.ema} if state.ema else {}),
     }
 
 
@@ -85,4 +92,5 @@ def replace_from_tree(state: TrainState, tree: dict[str, Any], sharding: NamedSh
         batch_stats=tree["batch_stats"],
         opt_state=tree["opt_state"],
         rng=jax.random.wrap_key_data(tree["rng"], impl=RNG_IMPL),
+        ema=tree.get("ema", {}),
     )

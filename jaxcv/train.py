@@ -77,18 +77,38 @@ def create_train_state(
     params, batch_stats = jax.device_put(jax.device_get(jit_full_opt(init)(init_rng)), replicated)
     tx = create_optimizer(config, params)
     return jax.jit(
-        lambda p, b: TrainState.create(apply_fn=model.apply, params=p, tx=tx, batch_stats=b, rng=dropout_rng),
+        lambda p, b: TrainState.create(apply_fn=model.apply, params=p, tx=tx, batch_stats=b, rng=dropout_rng,
+                                       ema=_ema_init(config, p, b)),
         out_shardings=replicated,
     )(params, batch_stats)
 
 
+def _ema_init(config: ml_collections.ConfigDict, params: Any, batch_stats: Any) -> dict[str, Any]:
+    """The EMA's start: a copy of the initial variables when `config.ema_decay` > 0, else {} (none kept)."""
+    if not config.ema_decay:
+        return {}
+    return jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+
+
+def ema_update(ema: dict[str, Any], params: Any, batch_stats: Any, step: jax.Array, decay: float,
+               tau: float) -> dict[str, Any]:
+    """ema <- d * ema + (1 - d) * current, d = decay * (1 - exp(-step / tau)): ultralytics' ModelEMA ramp (tau
+    2000 there), so the average follows the weights closely early on; `tau=0` is a constant `decay`. BatchNorm
+    statistics are averaged too, as ModelEMA averages every floating-point buffer."""
+    d = decay * (1.0 - jnp.exp(-step.astype(jnp.float32) / tau)) if tau > 0 else jnp.float32(decay)
+    current = {"params": params, "batch_stats": batch_stats}
+    return jax.tree.map(lambda e, x: (d * e + (1.0 - d) * x).astype(e.dtype), ema, current)
+
+
 def train_step(
-    state: TrainState, batch: dict[str, jax.Array], *, task: Task, skip_nonfinite: bool = False
+    state: TrainState, batch: dict[str, jax.Array], *, task: Task, skip_nonfinite: bool = False,
+    ema_decay: float = 0.0, ema_tau: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on the global batch. Returns the new state and scalar metrics.
 
     A non-finite loss or gradient sets `metrics['finite'] = 0`; with `skip_nonfinite` the update
-    is then dropped (state unchanged but for the step counter).
+    is then dropped (state unchanged but for the step counter). With `ema_decay` > 0 the weights' moving
+    average (`state.ema`) is updated too (`ema_update`).
     """
     TRACE_COUNTS["train_step"] += 1
     dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -105,6 +125,9 @@ def train_step(
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+    if ema_decay:
+        new_state = new_state.replace(
+            ema=ema_update(state.ema, new_state.params, new_state.batch_stats, new_state.step, ema_decay, ema_tau))
     if skip_nonfinite:
         new_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(finite, new, old), new_state, state.replace(step=state.step + 1)
@@ -116,8 +139,7 @@ def train_step(
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, task: Task) -> dict[str, jax.Array]:
     """Model outputs in inference mode, turned into the task's fixed-shape predictions."""
     TRACE_COUNTS["eval_step"] += 1
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    outputs = state.apply_fn(variables, batch["image"], train=False)
+    outputs = state.apply_fn(state.eval_variables(), batch["image"], train=False)
     return task.predict(outputs, batch)
 
 
@@ -155,7 +177,8 @@ class Trainer:
             )
         self.jit_train_step = jax.jit(
             functools.partial(
-                train_step, task=self.task, skip_nonfinite=bool(config.skip_nonfinite)
+                train_step, task=self.task, skip_nonfinite=bool(config.skip_nonfinite),
+                ema_decay=float(config.ema_decay), ema_tau=float(config.ema_tau),
             ),
             in_shardings=(self.replicated, self.data_sharding),
             out_shardings=(self.replicated, self.replicated),
@@ -223,10 +246,8 @@ class Trainer:
                 )
             if complete:
                 check_complete(self.config, state, report, stats_report)
-            state = state.replace(
-                params=jax.device_put(params, self.replicated),
-                batch_stats=jax.device_put(stats, self.replicated),
-            )
+            params, stats = jax.device_put((params, stats), self.replicated)
+            state = state.replace(params=params, batch_stats=stats, ema=_ema_init(self.config, params, stats))
             return Start(state, "init_from",
                          f"initialized from {self.config.init_from} ({ckpt.summarize_report(report)})")
         if complete:

@@ -31,7 +31,7 @@ def load_run(workdir: str | Path) -> tuple[Any, Any, Any, Any]:
     config = run_config(workdir)
     trainer = Trainer(config, workdir)
     state = restore_state(trainer, workdir)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = state.eval_variables()
     return config, trainer, state.apply_fn, variables
 
 
