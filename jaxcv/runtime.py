@@ -36,6 +36,20 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def start_cli(argv: list[str]) -> None:
+    """What the absl command-line tools (`jaxcv.show`, `jaxcv.explain`) do first: refuse stray arguments,
+    quiet orbax/absl INFO lines unless a verbosity flag is given, and use the compilation cache."""
+    import sys
+
+    from absl import app, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not any(a.startswith(("-v", "--v", "--verbosity")) for a in sys.argv[1:]):
+        logging.set_verbosity(logging.WARNING)  # orbax INFO lines would drown the output
+    use_compilation_cache()
+
+
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSIONS = "individual_dot,dot,eltwise,reduce"
 # glibc mallopt parameters (malloc.h)

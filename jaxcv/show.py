@@ -245,17 +245,11 @@ def _same_size(tiles: list[Image.Image]) -> list[Image.Image]:
 
 
 def _main(argv: list[str]) -> None:
-    import sys
+    from absl import flags
 
-    from absl import app, flags, logging
+    from jaxcv.runtime import start_cli
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not any(a.startswith(("-v", "--v", "--verbosity")) for a in sys.argv[1:]):
-        logging.set_verbosity(logging.WARNING)  # orbax INFO lines would drown the output
-    from jaxcv.runtime import use_compilation_cache
-
-    use_compilation_cache()
+    start_cli(argv)
     f = flags.FLAGS
     path = show(f.config, f.what, f.workdir, f.out, f.num, f.step)
     print(f"[jaxcv] wrote {path}", flush=True)

@@ -6,17 +6,11 @@ from jaxcv.explain.run import explain
 
 
 def _main(argv: list[str]) -> None:
-    import sys
+    from absl import flags
 
-    from absl import app, flags, logging
+    from jaxcv.runtime import start_cli
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not any(a.startswith(("-v", "--v", "--verbosity")) for a in sys.argv[1:]):
-        logging.set_verbosity(logging.WARNING)  # orbax INFO lines would drown the output
-    from jaxcv.runtime import use_compilation_cache
-
-    use_compilation_cache()
+    start_cli(argv)
     f = flags.FLAGS
     path = explain(f.workdir, f.what, f.out, f.image, f.layer, None if f.channel < 0 else f.channel,
                    None if f.class_index < 0 else f.class_index, f.num, f.steps, f.lr)

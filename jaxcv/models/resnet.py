@@ -129,7 +129,8 @@ class ResNet(_Layers):
 
     `__call__(x: [B, H, W, 3], train) -> dict`: `stem` [B, H/4, W/4, 64] (after max pool), `C2`..`C5`
     (outputs of layer1..layer4, strides 4..32, sizes by conv arithmetic: ceil(n / 2) per stride-2 step)
-    and, only if `num_classes > 0`, float32 `logits` [B, num_classes] (global average pool + `fc`).
+    and, only if `num_classes > 0`, float32 `logits` [B, num_classes] (global average pool + `fc`) and the
+    pooled vector `pre_logits` [B, C].
     `train=True` normalizes with batch statistics and updates the `batch_stats` collection (call with
     `mutable=["batch_stats"]`); otherwise running averages are used, as torchvision's eval mode.
     `dtype` is the compute dtype (e.g. bfloat16); parameters stay in `param_dtype`.
@@ -175,6 +176,7 @@ class ResNet(_Layers):
         if self.num_classes > 0:
             # Pool and classify in float32 so logits are float32 even with bf16 compute.
             pooled = jnp.mean(x.astype(output_dtype(self.dtype)), axis=(1, 2))
+            out["pre_logits"] = pooled
             out["logits"] = nn.Dense(
                 self.num_classes,
                 kernel_init=torch_linear_kernel_init,

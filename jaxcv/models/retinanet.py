@@ -19,6 +19,7 @@ from jaxcv.models import MODELS
 from jaxcv.models.backbones import create_backbone, deepest_level, require_levels
 from jaxcv.models.fpn import FPN
 from jaxcv.models.layers import Conv, output_dtype
+from jaxcv.models.pyramid import SimpleFeaturePyramid
 
 Array = jax.Array
 Dtype = Any
@@ -139,12 +140,11 @@ class RetinaNet(nn.Module):
         )
         info = body.feature_info()
         c = body(x, train=train and not self.freeze_backbone_bn)
-        if self.simple_pyramid:
-            from jaxcv.models.pyramid import SimpleFeaturePyramid
-  # one-scale backbones (ViT): C3..C5 from the deepest level (ViTDet)
+        if self.simple_pyramid:  # one-scale backbones (ViT): C3..C5 from the deepest level (ViTDet)
             src = deepest_level(info)
             c = SimpleFeaturePyramid(levels=FPN_LEVELS, out_channels=self.fpn_channels, dtype=self.dtype,
-                                     param_dtype=self.param_dtype, name="simple_pyramid")(c, src, info[src].stride)
+                                     param_dtype=self.param_dtype, name="simple_pyramid")(
+                c, src, info[src].stride, train=train, image_size=x.shape[1:3])
         else:
             require_levels(self.backbone, info, FPN_LEVELS)
         features = FPN(
