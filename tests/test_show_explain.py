@@ -261,3 +261,14 @@ def test_training_curves_separate_losses_scores_and_eval(tmp_path: Path, monkeyp
     assert [line.get_label() for line in scores.lines] == ["pixel_acc"] and scores.get_ylim()[1] <= 1.05
     assert [line.get_label() for line in evals.lines] == ["AP (0.5)"]  # -1 (absent) and NaN left out
     assert evals.get_ylim() == pytest.approx((-0.02, 1.02))  # a single point is not zoomed into
+
+
+def test_grad_cam_on_a_vit_reads_the_last_blocks_tokens_as_the_patch_grid():
+    model = create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=2)
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x))(jnp.zeros((1, 32, 32, 3)))
+    image = np.random.default_rng(0).normal(size=(32, 32, 3)).astype(np.float32)
+    assert explain.default_layer(model.apply, variables, image) == "blocks_1/norm1"
+    cam = explain.grad_cam(model.apply, variables, image)
+    assert cam.shape == (32, 32) and cam.max() == pytest.approx(1.0) and cam.min() >= 0.0
+    tokens = jnp.arange(2 * 17 * 5, dtype=jnp.float32).reshape(2, 17, 5)  # class token + a 4x4 grid
+    np.testing.assert_array_equal(methods.token_grid(tokens, (32, 32)), tokens[:, 1:].reshape(2, 4, 4, 5))

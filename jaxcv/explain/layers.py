@@ -3,6 +3,7 @@ gradients with respect to it), and the scores an explanation targets."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -144,8 +145,14 @@ def default_layer(apply_fn: ApplyFn, variables: Any, image: Any) -> str:
     """Where Grad-CAM and filter patterns look by default: the last spatial ([1, h, w, C]) submodule
     output that is not a prediction, preferring the model's `backbone` when it has one (a detection
     head's box branch or a decoder may not feed the explained score). ResNet: `layer4_<last>` (C5);
-    small_cnn: its last conv; RetinaNet and ResNet U-Nets: `backbone:C5`."""
+    small_cnn: its last conv; RetinaNet and ResNet U-Nets: `backbone:C5`; a ViT: the last block's `norm1` (tokens
+    [1, 1 + N, D], read as the patch grid by Grad-CAM, pytorch-grad-cam's choice)."""
     outputs = jax.eval_shape(lambda v, x: apply_fn(v, x, train=False), variables, _as_batch(image))
+    if isinstance(outputs, dict) and "tokens" in outputs:  # a ViT: the last block's input norm (its patch tokens
+        # reach the class token through attention; the last block's own patch outputs do not reach the logits)
+        norms = [n for n, _ in list_layers(apply_fn, variables, image) if re.search(r"blocks_\d+/norm1$", n)]
+        if norms:
+            return norms[-1]
     final_shapes = {tuple(a.shape) for k, a in _arrays(outputs) if k and k[0] in PREDICTION_KEYS}
     spatial = [n for n, s in list_layers(apply_fn, variables, image)
                if len(s) == 4 and parse_layer(n)[0] and s not in final_shapes]

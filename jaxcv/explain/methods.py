@@ -152,12 +152,29 @@ def pattern_to_uint8(pattern: np.ndarray) -> np.ndarray:
 # ---- Grad-CAM ---------------------------------------------------------------------------------
 
 
+def token_grid(a: jax.Array, image_hw: tuple[int, int]) -> jax.Array:
+    """A transformer block's tokens [B, T, D] -> the patch grid [B, h, w, D] (leading class/extra tokens
+    dropped, h / w = the image's aspect ratio), as Grad-CAM for ViTs is computed (Chefer et al. 2021 and
+    pytorch-grad-cam's `reshape_transform`); maps [B, h, w, C] pass through unchanged."""
+    if a.ndim != 3:
+        return a
+    t = a.shape[1]
+    ratio = image_hw[1] / image_hw[0]
+    for extra in range(0, 9):
+        n = t - extra
+        h = int(round((n / ratio) ** 0.5)) if n > 0 else 0
+        if h > 0 and n % h == 0 and abs(n // h / h - ratio) < 1e-6 * max(1, ratio) + 1e-9:
+            return a[:, extra:].reshape(a.shape[0], h, n // h, a.shape[2])
+    raise ValueError(f"cannot read {t} tokens as a patch grid of a {image_hw[0]}x{image_hw[1]} image")
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _grad_cam(apply_fn, layer, variables, x, class_index) -> tuple[jax.Array, jax.Array, jax.Array]:
     outputs, a = _capture(apply_fn, variables, x, layer)
     scores = target_scores(outputs)[0]
     c = jnp.where(class_index < 0, jnp.argmax(scores), class_index)
     grads = jax.grad(lambda v: target_scores(_apply_replacing(apply_fn, variables, x, layer, v))[0][c])(a)
+    a, grads = token_grid(a, x.shape[1:3]), token_grid(grads, x.shape[1:3])
     weights = grads[0].astype(jnp.float32).mean(axis=(0, 1))  # [C]: alpha_k = spatial mean of dy_c/dA_k
     cam = jax.nn.relu(jnp.einsum("hwc,c->hw", a[0].astype(jnp.float32), weights))
     cam = jax.image.resize(cam, x.shape[1:3], method="bilinear")
