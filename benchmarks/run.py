@@ -1,6 +1,6 @@
 """The benchmark suite: jaxcv train/inference steps side by side with their PyTorch peers.
 
-    python benchmarks/run.py [--only=resnet50_train,retinanet_train,unet34_train,retinanet_infer,pipeline]
+    python benchmarks/run.py [--only=resnet50_train,retinanet_train,...,vit_small_train,pipeline]  (CASES below)
                              [--dtype float32|bfloat16] [--conv_impl auto|xla|im2col] [--repeats 5] [--warmup 2]
     python benchmarks/run.py --only=growth          # RetinaNet step vs image size and gt count
 
@@ -24,6 +24,9 @@ Cases (all SGD momentum 0.9 unless said, random inputs, parameters and optimizer
   `segmentation_models_pytorch.Unet("resnet34", encoder_weights=None, classes=3)`.
 - retinanet_infer: RetinaNet-R50-FPN forward + post-processing (score 0.05, top-1000 per level, NMS
   0.5, 100 per image), 2 images of 512x512. Peer: the same model in eval mode.
+- mobilenet_v3_large_train: MobileNetV3-Large, 1000 classes, batch 32, 224x224 (depthwise convolutions).
+  Peer: `torchvision.models.mobilenet_v3_large()`.
+- vit_small_train: ViT-S/16, 1000 classes, batch 16, 224x224. Peer: `timm.create_model("vit_small_patch16_224")`.
 - pipeline: input-pipeline throughput (images/s) of each task's training loader on the built-in
   synthetic data (`configs/synthetic_classification.py`, `shapes_retinanet.py`, `shapes_unet.py`).
 - growth: RetinaNet-R50-FPN train step (batch 2) as the image grows 256..1024 (10 gts) and as the gt
@@ -60,7 +63,11 @@ from jaxcv.ops.conv import CONV_IMPLS, set_conv_impl
 from jaxcv.ops.matching import detection_targets
 from jaxcv.ops.postprocess import retinanet_postprocess
 
-CASES = ("resnet50_train", "retinanet_train", "unet34_train", "retinanet_infer", "pipeline")
+CASES = ("resnet50_train", "retinanet_train", "unet34_train", "retinanet_infer", "mobilenet_v3_large_train",
+         "vit_small_train", "pipeline")
+# classification cases: (jaxcv model / torchvision constructor, batch); 224x224, 1000 classes
+CLASSIFIERS = {"resnet50_train": ("resnet50", 8), "mobilenet_v3_large_train": ("mobilenet_v3_large", 32),
+               "vit_small_train": ("vit_small_patch16_224", 16)}
 ROOT = Path(__file__).resolve().parents[1]
 Step = Callable[[], Any]
 
@@ -149,7 +156,12 @@ def alternate(ours: Step, peer: Step | None, warmup: int, repeats: int) -> tuple
 
 
 def jax_resnet50(dtype: Any, batch: int = 8, size: int = 224) -> tuple[Step, dict[str, Any]]:
-    model = create_model("resnet50", num_classes=1000, dtype=dtype)
+    return jax_classifier("resnet50", dtype, batch, size)
+
+
+def jax_classifier(name: str, dtype: Any, batch: int, size: int) -> tuple[Step, dict[str, Any]]:
+    """A 1000-class train step (softmax cross-entropy, SGD momentum) of registered backbone `name`."""
+    model = create_model(name, num_classes=1000, dtype=dtype)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, 3)), jnp.float32)
     y = jnp.arange(batch) % 1000
     v = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x[:1])
@@ -157,14 +169,15 @@ def jax_resnet50(dtype: Any, batch: int = 8, size: int = 224) -> tuple[Step, dic
 
     def train_step(params, stats_, opt, x, y):
         def loss_fn(p):
-            out, new = model.apply({"params": p, "batch_stats": stats_}, x, train=True, mutable=["batch_stats"])
+            out, new = model.apply({"params": p, "batch_stats": stats_}, x, train=True, mutable=["batch_stats"],
+                                   rngs={"dropout": jax.random.key(1)})
             return optax.softmax_cross_entropy_with_integer_labels(out["logits"].astype(jnp.float32), y).mean(), new
 
         (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), new["batch_stats"], opt, loss
+        return optax.apply_updates(params, updates), new.get("batch_stats", {}), opt, loss
 
-    state = [v["params"], v["batch_stats"], tx.init(v["params"])]
+    state = [v["params"], v.get("batch_stats", {}), tx.init(v["params"])]
     compiled, info = compile_step(train_step, *state, x, y, donate=(0, 1, 2))
     return stateful(compiled, state, x, y), {**info, "batch": batch, "size": size}
 
@@ -251,10 +264,19 @@ def torch_peer(case: str, bf16: bool) -> tuple[Step | None, dict[str, Any]]:
     rng = np.random.default_rng(0)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     info = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    if case == "resnet50_train":
-        model = torchvision.models.resnet50().train()
-        x = torch.from_numpy(rng.normal(size=(8, 3, 224, 224)).astype(np.float32))
-        y = torch.arange(8) % 1000
+    if case in CLASSIFIERS:
+        batch = CLASSIFIERS[case][1]
+        if case == "vit_small_train":
+            try:
+                import timm
+            except ImportError as e:
+                return None, {"skipped": f"peer not importable: {e}"}
+            model = timm.create_model("vit_small_patch16_224", pretrained=False).train()
+            info["timm"] = timm.__version__
+        else:
+            model = getattr(torchvision.models, CLASSIFIERS[case][0])().train()
+        x = torch.from_numpy(rng.normal(size=(batch, 3, 224, 224)).astype(np.float32))
+        y = torch.arange(batch) % 1000
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def loss() -> Any:
@@ -380,6 +402,8 @@ def main() -> None:
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_tuning": runtime.applied})
     builders = {
         "resnet50_train": lambda: jax_resnet50(dtype),
+        "mobilenet_v3_large_train": lambda: jax_classifier("mobilenet_v3_large", dtype, 32, 224),
+        "vit_small_train": lambda: jax_classifier("vit_small_patch16_224", dtype, 16, 224),
         "retinanet_train": lambda: jax_retinanet_train(dtype),
         "unet34_train": lambda: jax_unet34(dtype),
         "retinanet_infer": lambda: jax_retinanet_infer(dtype),
