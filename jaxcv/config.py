@@ -167,6 +167,7 @@ def classification_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({"name": "resnet18"})
     c.data.augment = ml_collections.ConfigDict(
         {"hflip": True, "random_resized_crop": True, "crop_scale": (0.35, 1.0), "pad_crop": 0,
+         "rotation": 0.0,  # fraction of a full turn, as Keras RandomRotation (0.1: +-36 degrees)
          "eval_crop_ratio": 0.0}  # eval: resize shorter side, centre crop S/ratio -> S (0 = plain resize)
     )
     c.multilabel = False

@@ -230,3 +230,15 @@ def test_tfds_missing_data_says_how_to_prepare(tmp_path: Path):
         DATASETS.get("cifar10")(cfg(tfds_data_dir=str(tmp_path)), "train")
     with pytest.raises(DataError, match="unknown tfds dataset"):
         DATASETS.get("tfds_classification")(cfg(tfds_name="no_such_dataset_xyz"), "train")
+
+
+def test_rotation_augment_is_deterministic_and_rotates():
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:, :16] = 255  # left half white
+    ex = {"image": image, "label": 0}
+    t = make_classification_transform(32, True, hflip=False, random_resized_crop=False, eval_crop_ratio=None,
+                                      rotation=0.25)
+    a, b = t(ex, np.random.default_rng(3))["image"], t(ex, np.random.default_rng(3))["image"]
+    np.testing.assert_array_equal(a, b)
+    plain = make_classification_transform(32, True, hflip=False, random_resized_crop=False, eval_crop_ratio=None)
+    assert np.abs(a - plain(ex, np.random.default_rng(3))["image"]).max() > 1.0  # the image did turn

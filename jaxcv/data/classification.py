@@ -380,6 +380,7 @@ def make_classification_transform(
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     eval_crop_ratio: float | None = 224 / 256,
     pad_crop: int = 0,
+    rotation: float = 0.0,
     multilabel_classes: int | None = None,
 ) -> Transform:
     """Raw classification example -> `image` float32 [S, S, 3] (`base.normalize`d) and `label`
@@ -387,7 +388,8 @@ def make_classification_transform(
 
     Train: RandomResizedCrop (torchvision sampling; `crop_scale` defaults to (0.25, 1) rather than
     ImageNet's (0.08, 1), kinder to 32-64 px images) else the eval geometry, then an optional
-    CIFAR-style zero pad by `pad_crop` pixels and random S x S crop, then a random horizontal flip.
+    CIFAR-style zero pad by `pad_crop` pixels and random S x S crop, then a random horizontal flip and
+    a random rotation of up to `rotation` turns (Keras RandomRotation; corners filled black).
     Eval: `resize_center_crop(.., eval_crop_ratio)`; use `eval_crop_ratio=None` for small images.
     Bilinear resampling with Pillow. Deterministic given `rng`.
     """
@@ -408,6 +410,9 @@ def make_classification_transform(
             image = padded[y : y + image_size, x : x + image_size]
         if train and hflip and rng.random() < 0.5:
             image = image[:, ::-1]
+        if train and rotation > 0:  # Keras RandomRotation(rotation): uniform in +-rotation * 360 degrees
+            angle = float(rng.uniform(-rotation, rotation)) * 360.0
+            image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).rotate(angle, Image.BILINEAR))
         out: Example = {"image": normalize(np.ascontiguousarray(image))}
         if multilabel_classes is None:
             out["label"] = np.int32(example["label"])

@@ -63,6 +63,7 @@ class ClassificationTask(Task):
             crop_scale=tuple(aug.crop_scale),
             eval_crop_ratio=aug.eval_crop_ratio or None,
             pad_crop=int(aug.pad_crop),
+            rotation=float(aug.rotation),
             multilabel_classes=self.num_classes if self.multilabel else None,
         )
 
