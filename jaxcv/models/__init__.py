@@ -24,3 +24,4 @@ from jaxcv.models import yolov8  # noqa: E402,F401
 from jaxcv.models import pyramid, vgg, vit  # noqa: E402,F401
 from jaxcv.models import darknet  # noqa: E402,F401
 from jaxcv.models import sam  # noqa: E402,F401
+from jaxcv.models import mini_xception, mobilenet_v3  # noqa: E402,F401
