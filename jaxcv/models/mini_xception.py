@@ -91,6 +91,7 @@ class MiniXception(nn.Module):
 
     num_classes: int = 0
     dropout: float = 0.25
+    rescale: bool = True  # Keras' Rescaling(1/255) on raw pixels; False for inputs already standardized
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -123,7 +124,9 @@ class MiniXception(nn.Module):
             return SeparableConv2D(features, 3, self.dtype, self.param_dtype, name=name("separable_conv2d"))(y)
 
         out: dict[str, Array] = {}
-        x = jnp.asarray(x, self.dtype) * jnp.asarray(np.float32(1.0 / 255.0), self.dtype)  # Rescaling(1/255)
+        x = jnp.asarray(x, self.dtype)
+        if self.rescale:
+            x = x * jnp.asarray(np.float32(1.0 / 255.0), self.dtype)  # Rescaling(1/255)
         x = bn(conv(x, STEM_WIDTH, 3, 2), relu=True)
         out["C1"] = x
         previous = x

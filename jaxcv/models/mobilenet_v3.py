@@ -125,7 +125,7 @@ def _conv_bn_act(m: nn.Module, x: Array, features: int, kernel: int, index: str,
     """torchvision `Conv2dNormActivation` at Sequential position `index` of `m`: children `{index}_0` (conv,
     no bias) and `{index}_1` (BN eps 1e-3, torch momentum 0.01), then ReLU ("RE"), Hardswish ("HS") or none."""
     x = _conv(m, features, kernel, f"{index}_0", stride, dilation, groups)(x)
-    x = BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, use_fast_variance=False,
+    x = BatchNorm(use_running_average=not train, momentum=m.bn_momentum, epsilon=1e-3, use_fast_variance=False,
                   dtype=m.dtype, param_dtype=m.param_dtype, name=f"{index}_1")(x, relu=act == "RE")
     return jax.nn.hard_swish(x) if act == "HS" else x
 
@@ -154,6 +154,7 @@ class InvertedResidual(nn.Module):
     width_mult: float = 1.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    bn_momentum: float = 0.99
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -193,6 +194,8 @@ class MobileNetV3(nn.Module):
     dropout: float = 0.2
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # flax momentum of the running statistics: 0.99 is torchvision's 0.01; short from-scratch runs need a faster one
+    bn_momentum: float = 0.99
 
     @nn.nowrap
     def _layout(self) -> tuple[tuple[BlockConfig, ...], int, list[tuple[int, int, int]]]:
@@ -222,7 +225,8 @@ class MobileNetV3(nn.Module):
         if 0 in level_of:
             out[level_of[0]] = x
         for i, c in enumerate(cfgs, start=1):
-            x = InvertedResidual(c, self.width_mult, self.dtype, self.param_dtype, name=f"features_{i}")(x, train)
+            x = InvertedResidual(c, self.width_mult, self.dtype, self.param_dtype, self.bn_momentum,
+                                 name=f"features_{i}")(x, train)
             if i in level_of:
                 out[level_of[i]] = x
         n = len(cfgs) + 1
