@@ -6,8 +6,9 @@ COCO metrics. The scenes are those of configs/shapes_retinanet.py (2-8 objects 2
 none hidden beyond recognition); at 128 px the anchor-point grids are 16x16, 8x8 and 4x4 (strides 8, 16, 32).
 The optimizer is the CPU configs' AdamW recipe rather than ultralytics' SGD (configs/coco_yolov8n.py): AdamW is
 what ultralytics itself picks for short runs (`optimizer=auto` under 10k iterations), and it learns from scratch
-in the few hundred steps a CPU affords. Weights are averaged as ultralytics' ModelEMA (decay 0.9999 ramped with
-tau), with a tau scaled down to the run's length.
+in the few hundred steps a CPU affords. Weights are averaged as ultralytics' ModelEMA (its ramp with tau), with
+a decay of 0.99 instead of its 0.9999: an average over about the last 100 steps, where 0.9999 would keep the
+weights of the run's first few hundred steps.
 
     python -m jaxcv.main --config=configs/shapes_yolov8n.py --workdir=runs/shapes_yolov8n
     python -m jaxcv.main --config=configs/shapes_yolov8n.py:smoke --workdir=/tmp/yolov8_smoke
@@ -28,12 +29,12 @@ def get_config(arg: str | None = None):
     c.data.augment.scale_jitter = (0.8, 1.2)
     c.batch_size = 8
     c.eval_batch_size = 32
-    cpu_recipe(c, steps=1000)
+    cpu_recipe(c, steps=2500)
     c.optimizer.weight_decay = 5e-4  # ultralytics' default
     c.ema_decay = 0.99  # an average over about the last 100 steps
     c.ema_tau = 100.0
     c.log_every = 50
-    c.checkpoint_every = 250
+    c.checkpoint_every = 500
     if "smoke" in args:
         smoke(c, **{"data.image_size": 64, "ema_decay": 0.0})
     c.lock()
