@@ -4,7 +4,8 @@ The `yolov3` head (jaxcv/detectors/yolov3.py): darknet's assignment and loss, da
 NMS, evaluated with COCO metrics. The scenes are those of configs/shapes_retinanet.py (2-8 objects 24-64 px
 across in 128 px images, none hidden beyond recognition); at 128 px the two [yolo] grids are 4x4 (stride 32) and
 8x8 (stride 16). The anchors are a k-means (1 - IoU distance, as YOLOv2's dimension clusters) of the training
-boxes' sizes, smallest three on the stride-16 grid as in the cfg's masks.
+boxes' sizes, smallest three on the stride-16 grid as in the cfg's masks. Trains from scratch on a 2-core CPU in
+minutes and reports COCO metrics on the held-out split.
 
     python -m jaxcv.main --config=configs/shapes_yolov3_tiny.py --workdir=runs/shapes_yolov3_tiny
     python -m jaxcv.main --config=configs/shapes_yolov3_tiny.py:smoke --workdir=/tmp/yolo_smoke
@@ -26,7 +27,7 @@ def get_config(arg: str | None = None):
     c.anchors.masks = ((3, 4, 5), (0, 1, 2))
     c.batch_size = 8
     c.eval_batch_size = 32
-    cpu_recipe(c, steps=1000)
+    cpu_recipe(c, steps=3000)
     c.log_every = 50
     c.checkpoint_every = 250
     if "smoke" in args:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import fixture_path, jit_opt
+from conftest import fixture_path
 
 import jaxcv.detectors.yolov3 as yolo
 from jaxcv.config import load_config_file
@@ -42,7 +42,7 @@ def smoke():
     transform = task.make_transform(train=False)
     examples = [transform(task.source("train")[i], np.random.default_rng(i)) for i in range(4)]
     batch = {k: np.stack([ex[k] for ex in examples]) for k in ("image", "boxes", "labels", "box_mask")}
-    variables = jit_opt(lambda x: model.init(jax.random.key(0), x, train=False))(batch["image"])
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(batch["image"])  # small: -O0 is faster
     return task, model, variables, batch
 
 
@@ -197,8 +197,10 @@ def test_smoke_config_trains_and_evaluates(tmp_path):
 
 
 def test_learns_a_fixed_batch(smoke):
-    """Adam on one batch of 4 images. Objectness of the negatives alone can fall by lowering a bias, so the
-    check asks the assigned slots' terms (box, objectness, class) to fall as well."""
+    """Adam memorizing one batch of 4 images. The negatives' objectness term dominates the loss at init and falls
+    by lowering one bias, which raises the assigned slots' objectness term; so besides the total falling 5x, the
+    assigned slots' terms (box, objectness, class) must fall 5x too, which only working targets and gradients
+    give. Both bounds leave several times the margin of what a correct loss reaches in these steps."""
     task, model, variables, batch = smoke
     tx = optax.adam(3e-3)
     params, stats = variables["params"], variables["batch_stats"]
@@ -224,5 +226,5 @@ def test_learns_a_fixed_batch(smoke):
         history.append((float(total), positives(terms)))
     (first, first_pos), (last, last_pos) = history[0], history[-1]
     print(f"loss {first:.3f} -> {last:.3f}, assigned-slot terms {first_pos:.3f} -> {last_pos:.3f}")
-    assert last < 0.25 * first
-    assert last_pos < 0.5 * first_pos
+    assert last < 0.2 * first
+    assert last_pos < 0.2 * first_pos
