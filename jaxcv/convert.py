@@ -97,9 +97,11 @@ def convert(arch: str, weights: str | Path, out: str | Path, overwrite: bool = F
             if cfg is None:
                 raise ValueError("--arch darknet needs --cfg (the network's .cfg file)")
             module, variables = import_weights(key, cfg, weights, **kwargs)
+            # The sections are no JSON: record the cfg, rebuilt by the `darknet` model builder (jaxcv.detectors.yolov3)
+            meta = {"arch": key, "model": "darknet", "kwargs": {"cfg": str(Path(cfg).resolve()), **kwargs}}
         else:
             module, variables = import_weights(key, load_safetensors(weights), **kwargs)
-        meta = {"arch": key, **module_spec(module)}
+            meta = {"arch": key, **module_spec(module)}
     meta["weights"] = str(weights)
     out.mkdir(parents=True, exist_ok=True)
     import orbax.checkpoint as ocp
@@ -121,6 +123,8 @@ def read_model_json(directory: str | Path) -> dict[str, Any]:
 def converted_model(directory: str | Path, **overrides: Any) -> nn.Module:
     """The model described by `directory/model.json` (e.g. `dtype=jnp.bfloat16` as override)."""
     meta = read_model_json(directory)
+    if meta.get("model") == "darknet":
+        import jaxcv.detectors.yolov3  # noqa: F401  (registers the `darknet` model)
     if "model" in meta:
         return create_model(meta["model"], **{**meta["kwargs"], **overrides})
     module_name, _, cls_name = meta["class"].rpartition(".")
