@@ -93,13 +93,12 @@ def _vgg_levels(cfg: Sequence[int | str]) -> dict[str, Level]:
 
 
 def _classify(module: nn.Module, x: Array, pool_hw: tuple[int, int], order: Sequence[str], kernel_init: Any,
-              bias_init: Any, train: bool) -> dict[str, Array]:
+              bias_init: Any, train: bool, hidden: int = 4096) -> dict[str, Array]:
     """avgpool (torch-exact adaptive bins) -> CHW flatten -> classifier; sows `avgpool` (NHWC)."""
     x = adaptive_avg_pool2d(x.astype(output_dtype(module.dtype)), pool_hw)
     module.sow("intermediates", "avgpool", x)
     flat = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch.flatten(NCHW, 1): C, H, W order
     out: dict[str, Array] = {}
-    hidden = 4096
     linears = [i for i, op in enumerate(order) if op == "linear"]
     y = flat
     for i, op in enumerate(order):
@@ -122,13 +121,19 @@ class VGG(nn.Module):
     """torchvision VGG on NHWC inputs (see the module docstring for levels, classifier and init).
 
     `__call__(x: [B, H, W, C], train) -> dict`: `C1`..`C5` ([B, floor(H / 2**k), floor(W / 2**k), ch]) and, with
-    `num_classes > 0`, float32 `logits` [B, num_classes] and `pre_logits` [B, 4096]. `train=True` uses batch
-    statistics (BN variants: `mutable=["batch_stats"]`) and dropout (rng "dropout")."""
+    `num_classes > 0`, float32 `logits` [B, num_classes] and `pre_logits` [B, hidden]. `train=True` uses batch
+    statistics (BN variants: `mutable=["batch_stats"]`) and dropout (rng "dropout").
+
+    `pool_size` and `hidden` default to torchvision's (7, 7) and 4096; `pool_size=(1, 1), hidden=512` is the CIFAR
+    VGG head (chengyangfu/pytorch-vgg-cifar10: 512 -> 512 -> 512 -> classes on the 1x1 map of a 32 px input)
+    instead of repeating that map to 7x7 for a 25088 -> 4096 Linear."""
 
     cfg: str = "D"
     batch_norm: bool = False
     num_classes: int = 0
     dropout: float = 0.5
+    pool_size: tuple[int, int] = (7, 7)
+    hidden: int = 4096
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -164,8 +169,9 @@ class VGG(nn.Module):
                 index += 2
         out[f"C{pools}"] = x
         if self.num_classes > 0:
-            out.update(_classify(self, x, (7, 7), ("linear", "relu", "dropout", "linear", "relu", "dropout", "linear"),
-                                 vgg_linear_init, lambda fan_in: nn.initializers.zeros, train))
+            out.update(_classify(self, x, tuple(self.pool_size),
+                                 ("linear", "relu", "dropout", "linear", "relu", "dropout", "linear"),
+                                 vgg_linear_init, lambda fan_in: nn.initializers.zeros, train, self.hidden))
         return out
 
 
