@@ -6,7 +6,7 @@ from jaxcv.registry import Registry
 
 # name -> Task subclass; each module in jaxcv/tasks registers its task on import.
 TASKS = Registry("task")
-TASK_MODULES = ("classification", "detection", "segmentation", "localization")
+TASK_MODULES = ("classification", "detection", "segmentation", "localization", "promptable_segmentation")
 
 
 def create_task(config):
