@@ -20,6 +20,12 @@ FEATURES = tuple(f"features_{i}" for i in range(1, 12)) + ("features_0_0", "feat
 NEW_HEAD = ("classifier_0", "classifier_3")  # Linear-Hardswish-Dropout-Linear, as torchvision's classifier
 
 
+def _drop_tfds_keys(c) -> None:
+    """Removes the EuroSAT tfds keys when another dataset is chosen (its dataset would reject them)."""
+    for key in ("tfds_name", "tfds_data_dir", "train_split", "eval_split"):
+        del c.data[key]
+
+
 def get_config(arg: str | None = None):
     args = parse_config_arg(arg, ("smoke", "frozen", "folder", "synthetic"))
     c = classification_config()
@@ -48,14 +54,12 @@ def get_config(arg: str | None = None):
         c.lr_multipliers = {p: 0.1 for p in FEATURES}
     if "folder" in args:
         c.data.name = "image_folder"
-        for key in ("tfds_name", "tfds_data_dir", "train_split", "eval_split"):
-            del c.data[key]
+        _drop_tfds_keys(c)
         c.data.train_dir = ""
         c.data.val_dir = ""
     if "synthetic" in args:
         c.data.name = "synthetic_classification"
-        for key in ("tfds_name", "tfds_data_dir", "train_split", "eval_split"):
-            del c.data[key]
+        _drop_tfds_keys(c)
         c.data.update({"num_classes": 4, "image_size": 64, "num_train": 1024, "num_val": 256, "seed": 0})
         c.batch_size, c.eval_batch_size, c.num_train_steps, c.eval_every = 32, 64, 300, 0
         c.lr_multipliers = {}

@@ -29,14 +29,19 @@ def load_config_file(spec: str | Path, overrides: Mapping[str, Any] | None = Non
     config = module.get_config(arg or None)
     with config.unlocked():
         for key, value in (overrides or {}).items():
-            *parents, leaf = key.split(".")
-            node = config
-            for part in parents:
-                node = node[part]
-            if leaf not in node:
-                raise KeyError(f"config has no key {key!r}")
-            node[leaf] = value
+            set_path(config, key, value, must_exist=True)
     return config
+
+
+def set_path(config: ml_collections.ConfigDict, key: str, value: Any, must_exist: bool = False) -> None:
+    """Sets dotted `key` ("data.num_train") of `config` to `value`; `must_exist`: a new leaf is a KeyError."""
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    if must_exist and leaf not in node:
+        raise KeyError(f"config has no key {key!r}")
+    node[leaf] = value
 
 
 def parse_config_arg(arg: str | None, allowed: Sequence[str] = ("smoke",)) -> frozenset[str]:
@@ -209,11 +214,7 @@ def smoke(c: ml_collections.ConfigDict, **values: Any) -> None:
     c.update({"batch_size": 8, "eval_batch_size": 8, "num_train_steps": 4, "log_every": 2, "checkpoint_every": 2})
     c.schedule.warmup_steps = 1
     for key, value in values.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_path(c, key, value)
 
 
 # --------------------------------------------------------------------------------------------------

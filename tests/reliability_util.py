@@ -20,6 +20,7 @@ from conftest import TEST_CACHE
 from flax import traverse_util
 
 from jaxcv import train
+from jaxcv.config import set_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "configs/synthetic_classification.py:smoke"
@@ -42,11 +43,7 @@ def config(name: str, arg: str | None = "smoke", **overrides):
 def override(c, **overrides):
     with c.unlocked():
         for key, value in overrides.items():
-            node = c
-            *parents, leaf = key.split("__")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+            set_path(c, key.replace("__", "."), value)
     return c
 
 
