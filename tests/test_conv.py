@@ -67,6 +67,35 @@ def test_unsupported_forms_fall_back_to_xla(im2col):
         )
 
 
+# (size, channels, kernel, stride, dilation, padding): MobileNetV3's and Xception's depthwise convolutions (3x3
+# and 5x5, stride 1 and 2, the dilated MobileNetV3 variant, Keras 'same' on stride 2, explicit asymmetric pads)
+DEPTHWISE = [
+    (9, 5, 3, 1, 1, ((1, 1), (1, 1))), (10, 6, 5, 2, 1, ((2, 2), (2, 2))), (11, 4, 3, 1, 2, "SAME"),
+    (8, 3, 5, 1, 2, ((4, 4), (4, 4))), (8, 3, 3, 2, 1, "SAME"), (7, 4, 3, 2, 1, ((1, 2), (0, 1))),
+]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE)
+def test_depthwise_shift_form_equals_xla_forward_and_gradients(case):
+    """On the CPU, depthwise convolutions (groups = channels) take the slices form; forward and both gradients
+    equal XLA's grouped convolution to float32 round-off."""
+    size, c, k, s, d, padding = case
+    x = jax.random.normal(jax.random.key(0), (2, size, size, c))
+    w = jax.random.normal(jax.random.key(1), (k, k, 1, c))
+    kw = dict(window_strides=(s, s), padding=padding, rhs_dilation=(d, d), feature_group_count=c,
+              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def loss(fn):
+        return lambda x, w: jnp.sum(jnp.sin(fn(x, w, **kw)))
+
+    ours = jax.jit(jax.value_and_grad(loss(conv_ops.conv_general_dilated), (0, 1)))(x, w)
+    ref = jax.jit(jax.value_and_grad(loss(jax.lax.conv_general_dilated), (0, 1)))(x, w)
+    hlo = jax.jit(lambda x, w: conv_ops.conv_general_dilated(x, w, **kw)).lower(x, w).as_text()
+    assert "convolution" not in hlo, "the depthwise convolution was not rewritten"
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
+
+
 def test_switch_selects_the_implementation():
     """The choice is made when a function is traced: im2col leaves no convolution in the program,
     xla leaves one, and auto follows the backend (CPU here, a small output: im2col)."""

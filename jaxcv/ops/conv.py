@@ -17,9 +17,12 @@ chosen at trace time by `set_conv_impl` (config key `conv_impl`):
 - `"xla"`: always `lax.conv_general_dilated`;
 - `"im2col"`: always the matmul form (where it applies).
 
-Grouped, dilated or transposed (lhs-dilated) convolutions and layouts other than NHWC/HWIO always
-use XLA. The result equals XLA's to float32 round-off (the sums run in another order); parameters
-keep flax's layout (HWIO kernels), so checkpoints and torchvision interop are unaffected.
+Depthwise convolutions (one channel per group, MobileNet's and Xception's) go through
+`depthwise_shift_conv` on the CPU backend unless `"xla"` is chosen: XLA:CPU's grouped convolution is several
+times slower there (`benchmarks/depthwise.py`). Other grouped, dilated or transposed (lhs-dilated)
+convolutions and layouts other than NHWC/HWIO always use XLA. The result equals XLA's to float32 round-off
+(the sums run in another order); parameters keep flax's layout (HWIO kernels), so checkpoints and torchvision
+interop are unaffected.
 """
 
 from __future__ import annotations
@@ -171,6 +174,21 @@ def conv_general_dilated(
         and _is_one(lhs_dilation)
         and _is_one(rhs_dilation)
     )
+    depthwise = (
+        lhs.ndim == 4
+        and dn == _NHWC
+        and feature_group_count == lhs.shape[3] == rhs.shape[3] > 1
+        and rhs.shape[2] == 1
+        and batch_group_count == 1
+        and _is_one(lhs_dilation)
+        and preferred_element_type is None
+    )
+    if depthwise and _impl != "xla" and jax.default_backend() == "cpu":
+        dil = tuple(rhs_dilation or (1, 1))
+        window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dil, strict=True)]  # the dilated kernel's extent
+        pads = lax.padtype_to_pads(lhs.shape[1:3], window, window_strides, padding) \
+            if isinstance(padding, str) else padding
+        return depthwise_shift_conv(lhs, rhs, window_strides, pads, rhs_dilation)
     if simple:
         pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding) \
             if isinstance(padding, str) else padding
@@ -182,3 +200,28 @@ def conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type,
     )
+
+
+def depthwise_shift_conv(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
+                         padding: Sequence[tuple[int, int]], rhs_dilation: Sequence[int] | None = None) -> jax.Array:
+    """Depthwise convolution as K*K strided slices of the zero-padded input, each times its tap's per-channel
+    weight, summed. lhs: [B, H, W, C] NHWC; rhs: [K, K, 1, C] HWIO with `feature_group_count=C`; -> [B, H', W', C].
+
+    Why: XLA:CPU's grouped convolution with one channel per group is slow, in its gradients above all; this
+    form is elementwise work XLA fuses, and its gradients are slices, pads and sums (timings per shape:
+    `benchmarks/depthwise.py`). Equals `lax.conv_general_dilated` to float32 round-off (another summation order).
+    """
+    (sh, sw), (dh, dw) = tuple(strides), tuple(rhs_dilation or (1, 1))
+    kh, kw = rhs.shape[:2]
+    x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    ho = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    out = None
+    for i in range(kh):  # K*K static taps (trace-time loop over the kernel window, not over data)
+        for j in range(kw):
+            tap = lax.slice(x, (0, i * dh, j * dw, 0),
+                            (x.shape[0], i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, x.shape[3]),
+                            (1, sh, sw, 1))
+            term = tap * rhs[i, j, 0]
+            out = term if out is None else out + term
+    return out
