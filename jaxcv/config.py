@@ -119,7 +119,11 @@ def base_config() -> ml_collections.ConfigDict:
     # ema_tau ramps the decay up as ultralytics' ModelEMA (decay * (1 - exp(-step / tau))), 0 = constant.
     c.ema_decay = 0.0
     c.ema_tau = 2000.0
-    c.predict = ml_collections.ConfigDict({"inputs": "", "outdir": "", "score_thresh": 0.3})
+    # --mode=predict: inputs = comma-separated images, folders, globs, videos (.mp4/.avi/.mov), webcam
+    # indices or stream URLs; stride keeps every n-th video frame; batch_size images per compiled call.
+    c.predict = ml_collections.ConfigDict(
+        {"inputs": "", "outdir": "", "score_thresh": 0.3, "stride": 1, "batch_size": 8}
+    )
     # Evaluators, big_vision style: {name: {"type": registered evaluator, **its kwargs}} (jaxcv.tasks.base)
     c.evals = ml_collections.ConfigDict()
     return c

@@ -1,8 +1,7 @@
-"""`--mode=eval` and `--mode=predict`: a trained (or converted) model evaluated or run on files."""
+"""`--mode=eval` and `--mode=predict`: a trained (or converted) model evaluated, or run on images and video."""
 
 from __future__ import annotations
 
-import glob
 import json
 from pathlib import Path
 
@@ -31,19 +30,30 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
-    """`--mode=predict`: runs the model on `config.predict.inputs` (a glob) and writes pictures."""
+    """`--mode=predict`: runs the model on `config.predict.inputs` (comma-separated images, folders, globs,
+    videos, webcam indices or stream URLs; see `jaxcv.predict.resolve_inputs`) and writes to
+    `predict.outdir` (default WORKDIR/predict): per image the task's pictures and JSON (`Task.predict_files`),
+    per video `{stem}_pred.mp4` and `{stem}.jsonl` (`Predictor.predict_video`, every `predict.stride`-th
+    frame). Images and frames share one compiled function of `predict.batch_size` images."""
+    from jaxcv.predict import Predictor, VideoSource, is_stream, resolve_inputs
+
     workdir = Path(workdir)
-    trainer = Trainer(config, workdir)
-    checkpoints = ckpt.Checkpoints(workdir)
-    start = trainer.initial_state(checkpoints, complete=True)
-    state = start.state
-    paths = sorted(glob.glob(config.predict.inputs))
-    if not paths:
-        raise FileNotFoundError(f"predict.inputs={config.predict.inputs!r} matches no file")
+    inputs = resolve_inputs(config.predict.inputs)  # a bad path fails before any model is built
+    stride = int(config.predict.stride)
+    if stride < 1:
+        raise ValueError(f"predict.stride={config.predict.stride}: must be >= 1 (1 keeps every frame)")
+    for v in inputs.videos:  # a missing or undecodable video file fails now, naming it
+        if not is_stream(v):
+            VideoSource(v).cap.release()
+    predictor = Predictor.from_workdir(config, workdir)
     outdir = Path(config.predict.outdir or workdir / "predict")
     outdir.mkdir(parents=True, exist_ok=True)
-    print(f"[jaxcv] predicting {len(paths)} image(s) with model {start.describe()} -> {outdir}", flush=True)
-    variables = state.eval_variables()
-    trainer.task.predict_files(state.apply_fn, variables, paths, outdir)
-    checkpoints.close()
+    print(f"[jaxcv] predicting {len(inputs.images)} image(s) and {len(inputs.videos)} video(s) with model "
+          f"{predictor.description} -> {outdir}", flush=True)
+    task = predictor.task
+    if inputs.images:
+        task.predict_files(predictor.apply_fn, predictor.variables, inputs.images, outdir, predictor=predictor)
+    for video in inputs.videos:
+        predictor.predict_video(video, outdir, stride)
+    print(f"[jaxcv] predict: {predictor.traces} compilation(s) for all inputs", flush=True)
     return outdir

@@ -57,6 +57,16 @@ def draw_detections(
     return im
 
 
+def draw_caption(image: np.ndarray, text: str, fill: tuple[int, int, int] = (31, 119, 180)) -> Image.Image:
+    """`text` in white on a coloured box at the image's top-left corner (a predicted class on a frame)."""
+    im = Image.fromarray(to_uint8(image)).convert("RGB")
+    draw = ImageDraw.Draw(im)
+    bbox = draw.textbbox((2, 1), text)
+    draw.rectangle((0, 0, bbox[2] + 2, bbox[3] + 2), fill=fill)
+    draw.text((2, 1), text, fill=(255, 255, 255))
+    return im
+
+
 def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, ignore_index: int = 255) -> Image.Image:
     """Blends a class-id mask [H, W] in palette colours over the image (class 0 = background left clear)."""
     base = to_uint8(image).astype(np.float32)

@@ -6,6 +6,7 @@ inside jit on the global batch; everything else runs on the host.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,12 @@ class Task:
         return np.zeros((1, s, s, 3), np.float32)
 
     # ---- jitted parts -----------------------------------------------------------------------
+    def model_inputs(self, batch: Batch) -> dict[str, Any]:
+        """The model's `__call__` keyword arguments (besides `train`) from the global batch, in the train and eval
+        steps. Default: the image, as every model's `x`; a task whose model takes more (prompts, precomputed
+        features) returns those from its `device_keys`."""
+        return {"x": batch["image"]}
+
     def loss(self, outputs: dict[str, Any], batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Scalar loss and its named terms, from model outputs on the global batch."""
         raise NotImplementedError
@@ -143,5 +150,57 @@ class Task:
     def validate(self) -> None:
         """Checks the config for inconsistent values before anything compiles."""
 
-    def predict_files(self, apply_fn: Any, variables: Any, paths: list[str], outdir: Path) -> None:
+    def prepare(self, state: Any, workdir: Path) -> None:
+        """Host-side work that needs the run's starting weights (`state`), once, before the first train or eval
+        batch (the trainer calls it after restoring); e.g. caching a frozen encoder's outputs. Default: nothing."""
+
+    # ---- prediction on images and video (`jaxcv.predict`, `--mode=predict`) ---------------------------
+    # The JSON that `predict_files` writes with every image's records ("" = none).
+    prediction_json = ""
+
+    def predict_transform(self) -> Transform:
+        """`make_transform(train=False)`, built once for every image and frame predicted."""
+        if getattr(self, "_predict_transform", None) is None:
+            self._predict_transform = self.make_transform(train=False)
+        return self._predict_transform
+
+    def prepare_input(self, image: np.ndarray) -> tuple[np.ndarray, Any]:
+        """uint8 RGB image [H, W, 3] -> (model input float32 [S, S, 3], meta for `postprocess`): the eval
+        transform of one unlabelled image."""
         raise NotImplementedError(f"--mode=predict is not implemented for task {self.name!r}")
+
+    def predict_outputs(self, outputs: dict[str, Any]) -> dict[str, jax.Array]:
+        """Model outputs on a batch -> fixed-shape predictions [B, ...] (inside jit): `predict`'s by default."""
+        return self.predict(outputs, {})
+
+    def postprocess(self, pred: dict[str, np.ndarray], meta: Any) -> dict[str, Any]:
+        """One image's row of `predict_outputs` (no batch axis) -> its result in the image's own pixels."""
+        raise NotImplementedError(f"--mode=predict is not implemented for task {self.name!r}")
+
+    def draw(self, image: np.ndarray, result: dict[str, Any]) -> np.ndarray:
+        """The image (uint8 RGB [H, W, 3]) with `result` painted on it, uint8 RGB [H, W, 3]."""
+        raise NotImplementedError(f"--mode=predict is not implemented for task {self.name!r}")
+
+    def result_record(self, result: dict[str, Any]) -> dict[str, Any]:
+        """`result` as JSON-able values (a video's JSON-lines record, with `frame` and `time` added)."""
+        raise NotImplementedError(f"--mode=predict is not implemented for task {self.name!r}")
+
+    def save_prediction(self, path: Path, index: int, image: np.ndarray, result: dict[str, Any],
+                        outdir: Path) -> list[dict[str, Any]]:
+        """Writes one image's pictures to `outdir`; returns its records for `prediction_json`."""
+        raise NotImplementedError(f"--mode=predict is not implemented for task {self.name!r}")
+
+    def predict_files(self, apply_fn: Any, variables: Any, paths: list[str], outdir: Path, *,
+                      batch_size: int = 8, predictor: Any = None) -> None:
+        """Runs the model on image files (`batch_size` at a time through `jaxcv.predict.Predictor`, or
+        `predictor`'s compiled function) and writes each one's pictures plus `prediction_json`."""
+        from jaxcv.data.base import load_image
+        from jaxcv.predict import Predictor
+
+        predictor = predictor or Predictor(self, apply_fn, variables, batch_size)
+        records: list[dict[str, Any]] = []
+        images = (load_image(p) for p in paths)
+        for i, (path, (image, result)) in enumerate(zip(paths, predictor.predict_images(images), strict=True)):
+            records += self.save_prediction(Path(path), i, image, result, Path(outdir))
+        if self.prediction_json:
+            (Path(outdir) / self.prediction_json).write_text(json.dumps(records, indent=1))

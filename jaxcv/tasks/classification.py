@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcv.data.base import load_image
 from jaxcv.evaluation import classification as cls_eval
 from jaxcv.losses import softmax_cross_entropy, upcast
 from jaxcv.tasks import TASKS
@@ -84,24 +83,41 @@ class ClassificationTask(Task):
     def predict(self, outputs, batch):
         return {"logits": outputs["logits"].astype(jnp.float32)}
 
-    def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
+    # ---- prediction (jaxcv.predict) ----------------------------------------------------------------
+    prediction_json = "predictions.json"  # [{"file", "class", "class_name", "score", "top5"}]
+
+    def prepare_input(self, image):
+        ex = self.predict_transform()({"image": image, "label": 0, "labels": np.zeros((0,), np.int32)},
+                                      np.random.default_rng(0))
+        return ex["image"], None
+
+    def predict_outputs(self, outputs):
+        """`probs` [B, K]: softmax (single-label) or per-class sigmoid (multi-label)."""
+        logits = self.predict(outputs, {})["logits"]
+        return {"probs": jax.nn.sigmoid(logits) if self.multilabel else jax.nn.softmax(logits, -1)}
+
+    def postprocess(self, pred, meta):
+        """`probs` [K], the top class (`class`, `class_name`, `score`) and `top5` [(class_name, prob)]."""
+        names = list(self.source("train").class_names)
+        probs = np.asarray(pred["probs"], np.float32)
+        top = np.argsort(-probs, kind="stable")[:5]
+        return {"probs": probs, "class": int(top[0]), "class_name": names[top[0]], "score": float(probs[top[0]]),
+                "top5": [(names[k], float(probs[k])) for k in top]}
+
+    def draw(self, image, result):
+        from jaxcv.viz import draw_caption
+
+        return np.asarray(draw_caption(image, f"{result['class_name']}: {result['score']:.2f}"))
+
+    def result_record(self, result):
+        return {"class": result["class"], "class_name": result["class_name"], "score": result["score"],
+                "top5": [{"class": c, "prob": p} for c, p in result["top5"]]}
+
+    def save_prediction(self, path, index, image, result, outdir):
         from PIL import Image
 
-        transform = self.make_transform(train=False)
-        names = list(self.source("train").class_names)
-        act = jax.nn.sigmoid if self.multilabel else jax.nn.softmax
-        fn = jax.jit(lambda v, x: act(self.predict(apply_fn(v, x, train=False), {})["logits"]))
-        results = []
-        for p in paths:
-            image = load_image(p)
-            ex = transform({"image": image, "label": 0, "labels": np.zeros((0,), np.int32)},
-                           np.random.default_rng(0))
-            probs = np.asarray(fn(variables, ex["image"][None]))[0]
-            top = np.argsort(-probs)[:5]
-            results.append({"file": p, "top5": [{"class": names[i], "prob": float(probs[i])} for i in top]})
-            Image.fromarray(image).save(outdir / (Path(p).stem + f"_{names[top[0]]}.png"))
-        (outdir / "predictions.json").write_text(json.dumps(results, indent=2))
-
+        Image.fromarray(self.draw(image, result)).save(outdir / f"{path.stem}_{result['class_name']}.png")
+        return [{"file": str(path), **self.result_record(result)}]
 
 class ClassificationEvaluator(Evaluator):
     """Top-1/top-5 accuracy, per-class precision/recall and the confusion matrix over the whole split

@@ -11,11 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcv.data.base import load_image
 from jaxcv.detectors import DetectionHead, create_head
 from jaxcv.evaluation.coco import coco_evaluate, detections_to_coco_results
 from jaxcv.evaluation.voc import voc_evaluate
@@ -104,29 +102,54 @@ class DetectionTask(Task):
     def predict(self, outputs, batch):
         return self.head.decode(outputs)
 
-    def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
+    # ---- prediction (jaxcv.predict) ----------------------------------------------------------------
+    prediction_json = "detections.json"  # COCO results (xywh, original pixels) with "file"
+
+    def _prediction_classes(self) -> tuple[np.ndarray, list[str]]:
+        """`class_space("train")`, computed once (it may walk the COCO ground truth) for every frame."""
+        if getattr(self, "_pred_classes", None) is None:
+            self._pred_classes = self.class_space("train")
+        return self._pred_classes
+
+    def prepare_input(self, image):
+        empty = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros((0,), np.int32)}
+        ex = self.predict_transform()(empty, np.random.default_rng(0))
+        return ex["image"], {"scale": float(ex["scale"]), "hw": image.shape[:2]}
+
+    def postprocess(self, pred, meta):
+        """Detections kept (valid, score >= `predict.score_thresh`): `boxes` [N, 4] xyxy original pixels
+        (divided by the transform's scale, clipped to the image), `scores` [N], `labels` [N] model classes,
+        `category_ids` [N], `class_names` [N]."""
+        cat_ids, names = self._prediction_classes()
+        keep = np.asarray(pred["valid"], bool) & (pred["scores"] >= self.config.predict.score_thresh)
+        h, w = meta["hw"]
+        boxes = np.clip(np.asarray(pred["boxes"], np.float64)[keep] / np.float64(meta["scale"]), 0.0,
+                        np.array([w, h, w, h], np.float64))
+        labels = np.asarray(pred["labels"])[keep].astype(np.int64)
+        return {"boxes": boxes, "scores": np.asarray(pred["scores"])[keep], "labels": labels,
+                "category_ids": np.asarray(cat_ids)[labels], "class_names": [names[int(k)] for k in labels]}
+
+    def draw(self, image, result):
         from jaxcv.viz import draw_detections
 
-        transform = self.make_transform(train=False)
-        cat_ids, names = self.class_space("train")
-        fn = jax.jit(lambda v, x: self.predict(apply_fn(v, x, train=False), {}))
-        results = []
-        for i, path in enumerate(paths):
-            image = load_image(path)
-            empty = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros((0,), np.int32),
-                     "image_id": i}
-            ex = transform(empty, np.random.default_rng(0))
-            det = jax.device_get(fn(variables, ex["image"][None]))
-            keep = det["valid"] & (det["scores"] >= self.config.predict.score_thresh)
-            found = detections_to_coco_results([i], det["boxes"], det["scores"], det["labels"], keep, cat_ids,
-                                               scales=np.asarray([ex["scale"]]), clip_hw=[image.shape[:2]])
-            labels = det["labels"][0][keep[0]]
-            boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in found)]).reshape(-1, 4)
-            draw_detections(image, boxes, labels, det["scores"][0][keep[0]], names).save(
-                outdir / f"{Path(path).stem}_det.png")
-            results += [{"file": str(path), **r} for r in found]
-        (outdir / "detections.json").write_text(json.dumps(results))
+        _, names = self._prediction_classes()
+        return np.asarray(draw_detections(image, result["boxes"], result["labels"], result["scores"], names))
 
+    def result_record(self, result):
+        return {"detections": [
+            {"box_xyxy": [float(v) for v in box], "score": float(score), "label": int(label),
+             "category_id": int(cat), "class": name}
+            for box, score, label, cat, name in zip(result["boxes"], result["scores"], result["labels"],
+                                                     result["category_ids"], result["class_names"], strict=True)]}
+
+    def save_prediction(self, path, index, image, result, outdir):
+        from PIL import Image
+
+        Image.fromarray(self.draw(image, result)).save(outdir / f"{path.stem}_det.png")
+        return [{"file": str(path), "image_id": index, "category_id": int(cat),
+                 "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(score)}
+                for (x1, y1, x2, y2), score, cat in zip(result["boxes"], result["scores"], result["category_ids"],
+                                                        strict=True)]
 
 def label_to_category_id(source: Any) -> np.ndarray:
     """Contiguous label -> dataset category id (the source's `category_ids`, else the sorted ids of

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxcv.data.base import load_image, normalize
+from jaxcv.data.base import normalize
 from jaxcv.losses import softmax_cross_entropy, upcast
 from jaxcv.tasks import TASKS
 from jaxcv.tasks.base import EVALUATORS, Evaluator, Task
@@ -133,25 +133,34 @@ class LocalizationTask(Task):
         boxes = jnp.clip(outputs["boxes"].astype(jnp.float32), 0.0, 1.0)  # clipped to the image, as detections
         return {"boxes": boxes, "labels": jnp.argmax(probs, -1).astype(jnp.int32), "scores": jnp.max(probs, -1)}
 
-    def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
+    # ---- prediction (jaxcv.predict) ----------------------------------------------------------------
+    prediction_json = "localizations.json"  # [{"file", "box_xyxy" (original pixels), "class", "score"}]
+
+    def prepare_input(self, image):
+        return self.predict_transform()({"image": image}, np.random.default_rng(0))["image"], image.shape[:2]
+
+    def postprocess(self, pred, meta):
+        """`box_xyxy` [4] original pixels, `label`, `class_name`, `score`."""
+        h, w = meta
+        label = int(pred["labels"])
+        return {"box_xyxy": np.asarray(pred["boxes"], np.float32) * np.array([w, h, w, h], np.float32),
+                "label": label, "class_name": list(self.source("train").class_names)[label],
+                "score": float(pred["scores"])}
+
+    def draw(self, image, result):
         from jaxcv.viz import draw_detections
 
-        transform = self.make_transform(train=False)
         names = list(self.source("train").class_names)
-        fn = jax.jit(lambda v, x: self.predict(apply_fn(v, x, train=False), {}))
-        results = []
-        for path in paths:
-            image = load_image(path)
-            ex = transform({"image": image}, np.random.default_rng(0))
-            p = jax.device_get(fn(variables, ex["image"][None]))
-            h, w = image.shape[:2]
-            box = p["boxes"][0] * np.array([w, h, w, h], np.float32)
-            label, score = int(p["labels"][0]), float(p["scores"][0])
-            draw_detections(image, box[None], [label], [score], names).save(outdir / f"{Path(path).stem}_loc.png")
-            results.append({"file": str(path), "box_xyxy": [float(v) for v in box], "class": names[label],
-                            "score": score})
-        (outdir / "localizations.json").write_text(json.dumps(results, indent=2))
+        return np.asarray(draw_detections(image, result["box_xyxy"][None], [result["label"]], [result["score"]],
+                                          names))
 
+    def result_record(self, result):
+        return {"box_xyxy": [float(v) for v in result["box_xyxy"]], "class": result["class_name"],
+                "score": result["score"]}
+
+    def save_prediction(self, path, index, image, result, outdir):
+        Image.fromarray(self.draw(image, result)).save(outdir / f"{path.stem}_loc.png")
+        return [{"file": str(path), **self.result_record(result)}]
 
 class LocalizationEvaluator(Evaluator):
     """Accuracy, mean IoU with the largest gt box, accuracy at IoU >= 0.5 and both together, over the

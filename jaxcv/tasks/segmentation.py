@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcv.data.base import IGNORE_INDEX, load_image
+from jaxcv.data.base import IGNORE_INDEX
 from jaxcv.evaluation.segmentation import ConfusionMatrix
 from jaxcv.losses import segmentation_cross_entropy, soft_dice_loss, upcast
 from jaxcv.tasks import TASKS
@@ -82,26 +82,44 @@ class SegmentationTask(Task):
     def predict(self, outputs, batch):
         return {"pred": jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)}
 
-    def predict_files(self, apply_fn, variables, paths, outdir: Path) -> None:
+    # ---- prediction (jaxcv.predict) ----------------------------------------------------------------
+    def prepare_input(self, image):
+        h, w = image.shape[:2]
+        ex = self.predict_transform()({"image": image, "mask": np.zeros((h, w), np.uint8)}, np.random.default_rng(0))
+        # The eval transform resizes the longer side to S and pads bottom/right: the image covers [:nh, :nw].
+        scale = self.image_size / max(h, w)
+        return ex["image"], {"hw": (h, w), "resized_hw": (max(1, int(round(h * scale))), max(1, int(round(w * scale))))}
+
+    def postprocess(self, pred, meta):
+        """`mask` uint8 [H, W]: class ids at the original resolution (the padding cropped off, then NEAREST)."""
         from PIL import Image
 
-        from jaxcv.viz import indexed_mask_png, overlay_mask
+        (h, w), (nh, nw) = meta["hw"], meta["resized_hw"]
+        pred = np.asarray(pred["pred"])[:nh, :nw].astype(np.uint8)
+        if (nh, nw) != (h, w):
+            pred = np.asarray(Image.fromarray(pred).resize((w, h), Image.NEAREST))
+        return {"mask": pred}
 
-        s = self.image_size
-        fn = jax.jit(lambda v, x: self.predict(apply_fn(v, x, train=False), {})["pred"])
-        transform = self.make_transform(train=False)
-        for path in paths:
-            image = load_image(path)
-            h, w = image.shape[:2]
-            ex = transform({"image": image, "mask": np.zeros((h, w), np.uint8)}, np.random.default_rng(0))
-            pred = np.asarray(fn(variables, ex["image"][None]))[0]
-            # Undo the eval transform (resize to s x s) back to the original resolution.
-            pred_full = np.asarray(Image.fromarray(pred.astype(np.uint8)).resize((w, h), Image.NEAREST))
-            if pred.shape != (s, s):
-                raise AssertionError(pred.shape)
-            indexed_mask_png(pred_full).save(outdir / f"{Path(path).stem}_mask.png")
-            overlay_mask(image, pred_full).save(outdir / f"{Path(path).stem}_overlay.png")
+    def draw(self, image, result):
+        from jaxcv.viz import overlay_mask
 
+        return np.asarray(overlay_mask(image, result["mask"]))
+
+    def result_record(self, result):
+        """Pixels per predicted class (the masks themselves go to pictures)."""
+        names = list(self.source("train").class_names)
+        ids, counts = np.unique(result["mask"], return_counts=True)
+        return {"class_pixels": {(names[int(k)] if int(k) < len(names) else str(int(k))): int(n)
+                                 for k, n in zip(ids, counts, strict=True)}}
+
+    def save_prediction(self, path, index, image, result, outdir):
+        from PIL import Image
+
+        from jaxcv.viz import indexed_mask_png
+
+        indexed_mask_png(result["mask"]).save(outdir / f"{path.stem}_mask.png")
+        Image.fromarray(self.draw(image, result)).save(outdir / f"{path.stem}_overlay.png")
+        return []
 
 class SegmentationEvaluator(Evaluator):
     """mIoU, per-class IoU and Dice (fastai DiceMulti semantics), pixel accuracy."""
