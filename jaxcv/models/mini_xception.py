@@ -92,6 +92,7 @@ class MiniXception(nn.Module):
     num_classes: int = 0
     dropout: float = 0.25
     rescale: bool = True  # Keras' Rescaling(1/255) on raw pixels; False for inputs already standardized
+    bn_momentum: float = 0.99  # Keras' default; lower it when a short from-scratch run must track the statistics
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -111,9 +112,9 @@ class MiniXception(nn.Module):
             return kind if n == 0 else f"{kind}_{n}"
 
         def bn(y: Array, relu: bool) -> Array:
-            return BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, use_fast_variance=False,
-                             dtype=self.dtype, param_dtype=self.param_dtype, name=name("batch_normalization"))(
-                                 y, relu=relu)
+            return BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
+                             use_fast_variance=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                             name=name("batch_normalization"))(y, relu=relu)
 
         def conv(y: Array, features: int, kernel: int, stride: int) -> Array:
             return Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME", kernel_init=keras_init,
