@@ -35,13 +35,11 @@ def predict(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     `predict.outdir` (default WORKDIR/predict): per image the task's pictures and JSON (`Task.predict_files`),
     per video `{stem}_pred.mp4` and `{stem}.jsonl` (`Predictor.predict_video`, every `predict.stride`-th
     frame). Images and frames share one compiled function of `predict.batch_size` images."""
-    from jaxcv.predict import Predictor, VideoSource, is_stream, resolve_inputs
+    from jaxcv.predict import Predictor, VideoSource, check_stride, is_stream, resolve_inputs
 
     workdir = Path(workdir)
     inputs = resolve_inputs(config.predict.inputs)  # a bad path fails before any model is built
-    stride = int(config.predict.stride)
-    if stride < 1:
-        raise ValueError(f"predict.stride={config.predict.stride}: must be >= 1 (1 keeps every frame)")
+    stride = check_stride(config.predict.stride)
     for v in inputs.videos:  # a missing or undecodable video file fails now, naming it
         if not is_stream(v):
             VideoSource(v).cap.release()

@@ -35,6 +35,13 @@ T = TypeVar("T")
 Source = str | int | Path
 
 
+def check_stride(stride: int) -> int:
+    """`predict.stride` as an int >= 1 (every n-th frame is kept), else a ValueError naming it."""
+    if int(stride) < 1:
+        raise ValueError(f"predict.stride={stride}: must be >= 1 (1 keeps every frame)")
+    return int(stride)
+
+
 def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
@@ -111,8 +118,7 @@ class VideoSource:
     def frames(self, stride: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
         """(index in the source, time in seconds, uint8 RGB [H, W, 3]) of every `stride`-th frame (0, stride,
         ...); skipped frames are grabbed, not decoded. Time is index / fps, or wall time when fps is unknown."""
-        if stride < 1:
-            raise ValueError(f"predict.stride={stride}: must be >= 1")
+        stride = check_stride(stride)
         start = time.monotonic()
         index = 0
         try:
@@ -231,8 +237,7 @@ class Predictor:
         classification: `class`, `class_name`, `score`, `probs` [K]; localization: `box_xyxy`, ...) with
         `frame` (index in the source), `time` (s), `image` (uint8 RGB) and, when `draw`, `drawn` (uint8 RGB
         with the predictions painted). Results lag a webcam by up to `batch_size` frames."""
-        if int(stride) < 1:
-            raise ValueError(f"predict.stride={stride}: must be >= 1 (1 keeps every frame)")
+        check_stride(stride)
         src = source if isinstance(source, VideoSource) else VideoSource(source)  # fails now, not at next()
 
         def results() -> Iterator[dict[str, Any]]:

@@ -146,10 +146,10 @@ class DetectionTask(Task):
         from PIL import Image
 
         Image.fromarray(self.draw(image, result)).save(outdir / f"{path.stem}_det.png")
-        return [{"file": str(path), "image_id": index, "category_id": int(cat),
-                 "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(score)}
-                for (x1, y1, x2, y2), score, cat in zip(result["boxes"], result["scores"], result["category_ids"],
-                                                        strict=True)]
+        cat_ids, _ = self._prediction_classes()
+        found = detections_to_coco_results([index], result["boxes"][None], result["scores"][None],
+                                           result["labels"][None], np.ones((1, len(result["labels"])), bool), cat_ids)
+        return [{"file": str(path), **r} for r in found]
 
 def label_to_category_id(source: Any) -> np.ndarray:
     """Contiguous label -> dataset category id (the source's `category_ids`, else the sorted ids of

@@ -86,9 +86,10 @@ class SegmentationTask(Task):
     def prepare_input(self, image):
         h, w = image.shape[:2]
         ex = self.predict_transform()({"image": image, "mask": np.zeros((h, w), np.uint8)}, np.random.default_rng(0))
-        # The eval transform resizes the longer side to S and pads bottom/right: the image covers [:nh, :nw].
-        scale = self.image_size / max(h, w)
-        return ex["image"], {"hw": (h, w), "resized_hw": (max(1, int(round(h * scale))), max(1, int(round(w * scale))))}
+        # The eval transform resizes the longer side to S and pads bottom/right with IGNORE_INDEX in the mask: the
+        # image covers the mask's non-padding rows and columns [:nh, :nw].
+        inside = ex["mask"] != IGNORE_INDEX
+        return ex["image"], {"hw": (h, w), "resized_hw": (int(inside[:, 0].sum()), int(inside[0].sum()))}
 
     def postprocess(self, pred, meta):
         """`mask` uint8 [H, W]: class ids at the original resolution (the padding cropped off, then NEAREST)."""
