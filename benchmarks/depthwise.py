@@ -72,7 +72,7 @@ def main() -> None:
             def conv(x: jax.Array, w: jax.Array, s: int = s, pads: Any = pads, c: int = c, form: str = form):
                 if form == "shift":
                     return conv_ops.depthwise_shift_conv(x, w, (s, s), pads)
-                fn = lax_conv if form == "xla" else conv_ops.conv_general_dilated
+                fn = jax.lax.conv_general_dilated if form == "xla" else conv_ops.conv_general_dilated
                 return fn(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
 
             def loss(x: jax.Array, w: jax.Array, conv: Any = conv) -> jax.Array:
@@ -91,10 +91,6 @@ def main() -> None:
         emit({"name": "model_mobilenet_v3_large_depthwise", "form": form, "jaxcv_ms": round(ours * 1e3, 1),
               "torch_ms": round(theirs * 1e3, 1), "ratio": round(ours / theirs, 3), "dtype": args.dtype,
               "note": "layers weighted by their count in the model's train step"})
-
-
-def lax_conv(*args: Any, **kwargs: Any) -> jax.Array:
-    return jax.lax.conv_general_dilated(*args, **kwargs)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,17 @@ def _bf16_matmul_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[ja
 bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
+def _explicit_pads(lhs_shape: Sequence[int], rhs_shape: Sequence[int], strides: Sequence[int],
+                   padding: str | Sequence[tuple[int, int]], rhs_dilation: Sequence[int] | None = None
+                   ) -> tuple[tuple[int, int], ...]:
+    """`padding` ("SAME", "VALID" or explicit pairs) as explicit (lo, hi) pairs of the NHWC spatial axes, for
+    the kernel's extent after `rhs_dilation`."""
+    if not isinstance(padding, str):
+        return tuple(tuple(p) for p in padding)
+    window = [(k - 1) * d + 1 for k, d in zip(rhs_shape[:2], rhs_dilation or (1, 1), strict=True)]
+    return tuple(tuple(p) for p in lax.padtype_to_pads(lhs_shape[1:3], window, strides, padding))
+
+
 def conv_general_dilated(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -184,15 +195,10 @@ def conv_general_dilated(
         and preferred_element_type is None
     )
     if depthwise and _impl != "xla" and jax.default_backend() == "cpu":
-        dil = tuple(rhs_dilation or (1, 1))
-        window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dil, strict=True)]  # the dilated kernel's extent
-        pads = lax.padtype_to_pads(lhs.shape[1:3], window, window_strides, padding) \
-            if isinstance(padding, str) else padding
+        pads = _explicit_pads(lhs.shape, rhs.shape, window_strides, padding, rhs_dilation)
         return depthwise_shift_conv(lhs, rhs, window_strides, pads, rhs_dilation)
     if simple:
-        pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding) \
-            if isinstance(padding, str) else padding
-        pads = tuple(tuple(p) for p in pads)
+        pads = _explicit_pads(lhs.shape, rhs.shape, window_strides, padding)
         bf16 = lhs.dtype == rhs.dtype == jnp.bfloat16 and preferred_element_type is None
         if _use_im2col(lhs.shape, rhs.shape, window_strides, pads, bf16):
             return im2col_conv(lhs, rhs, tuple(window_strides), pads, precision, preferred_element_type)
