@@ -8,7 +8,9 @@ the box-prompted masks on held-out images. Start from converted SAM weights (a r
     python -m jaxcv.main --config=configs/shapes_sam_finetune.py:smoke --workdir=/tmp/sam_smoke
 
 The conversion fixes the architecture and SAM's positional-encoding matrix (`model.converted` defaults to
-`init_from`); zero-shot numbers: the same with `--mode=eval`. `:smoke` is a tiny random SAM on 64 px shapes.
+`init_from`); zero-shot numbers: the same with `--mode=eval`. With the image encoder frozen, its embeddings are
+computed once into WORKDIR/embeddings (`embedding_cache=False`: every step runs the encoder). `:smoke` is a tiny
+random SAM on 64 px shapes (4 steps; with `--config.num_train_steps=350` it learns, see the README).
 """
 
 import ml_collections
@@ -30,6 +32,7 @@ def get_config(arg: str | None = None):
     c.loss = ml_collections.ConfigDict({"focal_weight": 20.0, "dice_weight": 1.0, "iou_weight": 1.0,
                                         "focal_alpha": 0.25, "focal_gamma": 2.0, "multimask": False})
     c.freeze = ("image_encoder", "prompt_encoder")
+    c.embedding_cache = True  # frozen encoder: embeddings computed once, WORKDIR/embeddings/{split}.npy
     c.optimizer.update({"name": "adamw", "learning_rate": 1e-4, "weight_decay": 1e-4, "clip_grad_norm": 1.0})
     c.schedule.update({"name": "warmup_cosine", "warmup_steps": 50})
     c.batch_size = 8
@@ -40,9 +43,13 @@ def get_config(arg: str | None = None):
     c.evals = ml_collections.ConfigDict({"promptable_segmentation": {"type": "promptable_segmentation"}})
     c.checkpoint.best_metric = "mIoU"
     if "smoke" in args:
+        # A random 2-block encoder with patch 8 (8 x 8 embeddings, 32 x 32 low-res masks) on 64 px shapes of
+        # 20-40 px; from a random decoder, SAM's loss first drives every logit negative and the masks find the
+        # boxes after ~150-200 steps, hence a constant learning rate (tests/test_sam_finetune.py).
         smoke(c, **{"model.name": "sam", "model.encoder_embed_dim": 32, "model.encoder_depth": 2,
                     "model.encoder_num_heads": 2, "model.encoder_global_attn_indexes": (1,), "model.image_size": 64,
-                    "model.window_size": 4, "data.image_size": 64, "data.min_size": 12.0, "data.max_size": 32.0,
-                    "prompts.box_jitter_max": 2.0})
+                    "model.patch_size": 8, "model.window_size": 4, "data.image_size": 64, "data.min_size": 20.0,
+                    "data.max_size": 40.0, "prompts.box_jitter_max": 2.0, "batch_size": 4, "eval_batch_size": 8,
+                    "optimizer.learning_rate": 5e-4, "schedule.name": "constant", "schedule.warmup_steps": 10})
     c.lock()
     return c

@@ -116,7 +116,7 @@ def train_step(
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         outputs, mutated = state.apply_fn(
-            variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng}
+            variables, **task.model_inputs(batch), train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng}
         )
         loss, terms = task.loss(outputs, batch)
         return loss, (terms, mutated.get("batch_stats", state.batch_stats))
@@ -139,7 +139,7 @@ def train_step(
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, task: Task) -> dict[str, jax.Array]:
     """Model outputs in inference mode, turned into the task's fixed-shape predictions."""
     TRACE_COUNTS["eval_step"] += 1
-    outputs = state.apply_fn(state.eval_variables(), batch["image"], train=False)
+    outputs = state.apply_fn(state.eval_variables(), **task.model_inputs(batch), train=False)
     return task.predict(outputs, batch)
 
 
@@ -222,6 +222,12 @@ class Trainer:
         )
 
     def initial_state(self, checkpoints: ckpt.Checkpoints, complete: bool = False) -> Start:
+        """`_initial_state`, then the task's host-side preparation that needs the weights (`Task.prepare`)."""
+        start = self._initial_state(checkpoints, complete)
+        self.task.prepare(start.state, self.workdir)
+        return start
+
+    def _initial_state(self, checkpoints: ckpt.Checkpoints, complete: bool = False) -> Start:
         """Precedence: the workdir's checkpoint, then `config.init_from`, then scratch.
 
         `complete` (evaluation, prediction): the model must come whole from a checkpoint or

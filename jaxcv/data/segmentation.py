@@ -7,6 +7,14 @@ source's `__getitem__` raises `DataError` naming the file(s) of a bad item and t
 `data.bad_input` ("skip" replaces it by the next readable item and counts it in `Loader.skipped`).
 Problems found while indexing a folder are handled by the source: with "fail" they raise, with "skip"
 the pair is left out and its reason appended to `source.skipped`.
+
+Instance masks from a mask folder (`data.instances`, for `task="promptable_segmentation"`): "components" makes
+each connected region (4-connected, `scipy.ndimage.label`) of each class an instance, but for the classes named in
+`data.stuff_classes` (e.g. ("background", "sky")) and void; "ids" reads an instance-id PNG per image from
+`instances/` beside `images/` and `labels/` (`data.instance_pattern`, default "{stem}.png"; 0 = no instance,
+each other value one instance, labelled with its pixels' most common class). Examples then also carry `masks`
+uint8 [N, H, W], `boxes` float32 [N, 4] xyxy (pixel edges: x2 = last column + 1) and `labels` int32 [N];
+instances smaller than `data.min_instance_area` pixels (default 1) are dropped.
 """
 
 from __future__ import annotations
@@ -180,7 +188,19 @@ class MaskFolder:
         exclude_stems: set[str] | None = None,
         mask_mismatch: str = "fail",
         bad_input: str = "fail",
+        instances: str = "",
+        stuff_classes: tuple[str, ...] = (),
+        instance_dir: str | Path | None = None,
+        instance_pattern: str = "{stem}.png",
+        min_instance_area: int = 1,
     ):
+        if instances not in ("", "components", "ids"):
+            raise ValueError(f"data.instances must be '', 'components' or 'ids', got {instances!r}")
+        if instances == "ids" and instance_dir is None:
+            raise ValueError("data.instances='ids' needs an instance folder")
+        unknown = sorted(set(stuff_classes) - set(codes))
+        if unknown:
+            raise DataError(f"data.stuff_classes {unknown} are not among the class names {codes}")
         if mask_mismatch not in ("fail", "resize"):
             raise ValueError(f"data.mask_mismatch must be 'fail' or 'resize', got {mask_mismatch!r}")
         if bad_input not in ("fail", "skip"):
@@ -195,6 +215,11 @@ class MaskFolder:
         self.num_classes = len(self.class_names)
         self.lut = mask_lut(codes, void_class, void_value)
         self.mask_mismatch = mask_mismatch
+        self.instances = instances
+        self.stuff_ids = {self.class_names.index(c) for c in stuff_classes if c in self.class_names}
+        self.instance_dir = Path(instance_dir) if instance_dir is not None else None
+        self.min_instance_area = int(min_instance_area)
+        self.instance_masks: list[Path] = []
         self.skipped: list[str] = []
         self.images: list[Path] = []
         self.masks: list[Path] = []
@@ -202,13 +227,19 @@ class MaskFolder:
             if (stems is not None and image.stem not in stems) or (exclude_stems and image.stem in exclude_stems):
                 continue
             rel = image.parent.relative_to(self.image_dir)
-            mask = self.label_dir / rel / label_pattern.format(stem=image.stem, name=image.name, ext=image.suffix)
-            if not mask.is_file():
-                msg = f"image {image} has no mask (expected {mask})"
+            names = {"stem": image.stem, "name": image.name, "ext": image.suffix}
+            mask = self.label_dir / rel / label_pattern.format(**names)
+            inst = self.instance_dir / rel / instance_pattern.format(**names) if instances == "ids" else None
+            missing = [f"{what} (expected {path})" for what, path in (("mask", mask), ("instance-id mask", inst))
+                       if path is not None and not path.is_file()]
+            if missing:
+                msg = f"image {image} has no " + " and no ".join(missing)
                 if bad_input == "fail":
                     raise DataError(msg)
                 self.skipped.append(msg)
                 continue
+            if inst is not None:
+                self.instance_masks.append(inst)
             self.images.append(image)
             self.masks.append(mask)
         if not self.images:
@@ -234,7 +265,68 @@ class MaskFolder:
                 raise DataError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
                                 f"is {image.shape[1]}x{image.shape[0]} (set data.mask_mismatch='resize')")
             mask = resize_mask(mask, image.shape[0], image.shape[1])
-        return {"image": image, "mask": mask}
+        if not self.instances:
+            return {"image": image, "mask": mask}
+        if self.instances == "components":
+            masks, labels = component_instances(mask, self.num_classes, self.stuff_ids)
+        else:
+            path = self.instance_masks[index]
+            ids = load_mask(path)
+            if ids.shape != mask.shape:
+                raise DataError(f"instance mask {path} is {ids.shape[1]}x{ids.shape[0]} but mask {mask_path} is "
+                                f"{mask.shape[1]}x{mask.shape[0]}")
+            masks, labels = id_instances(ids, mask)
+        area = masks.reshape(len(masks), -1).sum(axis=1)
+        keep = area >= self.min_instance_area
+        masks, labels = masks[keep], labels[keep]
+        return {"image": image, "mask": mask, "masks": masks, "boxes": mask_boxes(masks), "labels": labels,
+                "image_id": index}
+
+
+def component_instances(mask: np.ndarray, num_classes: int, skip: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Class map uint8 [H, W] -> (masks uint8 [N, H, W], labels int32 [N]): the 4-connected regions of each class
+    in [0, num_classes) not in `skip` (void, IGNORE_INDEX, is never an instance), by class then scan order."""
+    from scipy import ndimage
+
+    masks, labels = [], []
+    for c in range(num_classes):
+        if c in skip:
+            continue
+        regions, n = ndimage.label(mask == c)
+        for r in range(1, n + 1):
+            masks.append(regions == r)
+            labels.append(c)
+    h, w = mask.shape
+    out = np.stack(masks).astype(np.uint8) if masks else np.zeros((0, h, w), np.uint8)
+    return out, np.asarray(labels, np.int32)
+
+
+def id_instances(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Instance-id map [H, W] (0 = none) and class map -> (masks uint8 [N, H, W] in id order, labels int32 [N]:
+    each instance's most common non-void class; an instance of void pixels only is dropped)."""
+    masks, labels = [], []
+    for i in np.unique(ids):
+        if i == 0:
+            continue
+        m = ids == i
+        classes = mask[m]
+        classes = classes[classes != IGNORE_INDEX]
+        if not classes.size:
+            continue
+        masks.append(m)
+        labels.append(int(np.bincount(classes).argmax()))
+    h, w = ids.shape
+    out = np.stack(masks).astype(np.uint8) if masks else np.zeros((0, h, w), np.uint8)
+    return out, np.asarray(labels, np.int32)
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W] -> float32 [N, 4] xyxy boxes on pixel edges (x2 = last column + 1), as the shapes'."""
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for j, m in enumerate(masks):
+        ys, xs = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+        boxes[j] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return boxes
 
 
 def _find_codes(folder: Path, name: str) -> Path:
@@ -262,7 +354,8 @@ def mask_folder(data_config: Any, split: str) -> MaskFolder:
     Other config: `data.label_pattern` ("{stem}_P.png"; also `{name}`, `{ext}`), `data.codes_file`
     ("codes.txt", looked up in the split folder, then its parent), `data.void_class` (e.g. "Void"),
     `data.void_value` (e.g. 255), `data.mask_mismatch` ("fail" | "resize"), `data.bad_input`
-    ("fail" | "skip", for images without mask).
+    ("fail" | "skip", for images without mask); instance masks (module docstring): `data.instances`
+    ("" | "components" | "ids"), `data.stuff_classes`, `data.instance_pattern`, `data.min_instance_area`.
     """
     sid = split_id(split)
     valid_list = cfg_get(data_config, "valid_list")
@@ -286,6 +379,11 @@ def mask_folder(data_config: Any, split: str) -> MaskFolder:
         exclude_stems=exclude,
         mask_mismatch=cfg_get(data_config, "mask_mismatch", "fail"),
         bad_input=cfg_get(data_config, "bad_input", "fail"),
+        instances=cfg_get(data_config, "instances", ""),
+        stuff_classes=tuple(cfg_get(data_config, "stuff_classes", ())),
+        instance_dir=root / "instances",
+        instance_pattern=cfg_get(data_config, "instance_pattern", "{stem}.png"),
+        min_instance_area=int(cfg_get(data_config, "min_instance_area", 1)),
     )
 
 
@@ -379,5 +477,6 @@ def make_segmentation_transform(
 
 register_dataset("pets", pets, TFDS_KEYS)
 register_dataset("mask_folder", mask_folder, ("train_dir", "val_dir", "valid_list", "codes_file", "label_pattern",
-                                              "void_class", "void_value", "mask_mismatch"))
+                                              "void_class", "void_value", "mask_mismatch", "instances",
+                                              "stuff_classes", "instance_pattern", "min_instance_area"))
 register_dataset("shapes_segmentation", shapes_segmentation, SHAPES_KEYS)

@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multimask", action="store_true", help="three candidate masks instead of one")
     parser.add_argument("--auto", action="store_true", help="automatic mask generation (no prompts)")
     parser.add_argument("--out", required=True, metavar="OUT", help="output directory (created)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype (weights stay float32); bfloat16 for GPUs/TPUs")
     amg = parser.add_argument_group("--auto options (AutomaticMaskGenerator)")
     for flag, kind, default, text in (
             ("--points-per-side", int, 32, "grid of N x N point prompts"),
@@ -302,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from jaxcv.sam.predictor import Predictor
 
     t0 = time.perf_counter()
+    if args.dtype != "float32":
+        import jax.numpy as jnp
+
+        module = module.clone(dtype=jnp.dtype(args.dtype))
     predictor = Predictor(module, variables)
     if args.auto:
         records, overlay = run_auto(predictor, image, args)
@@ -319,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     overlay.save(out / OVERLAY_PNG)
     result: dict[str, Any] = {
         "mode": "auto" if args.auto else "prompt", "image": str(args.image), "height": h, "width": w,
-        "weights": str(args.weights), "overlay": OVERLAY_PNG, "seconds": round(seconds, 3),
+        "weights": str(args.weights), "dtype": args.dtype, "overlay": OVERLAY_PNG, "seconds": round(seconds, 3),
     }
     if args.auto:
         result["settings"] = {k: getattr(args, k) for k in (

@@ -107,6 +107,12 @@ class Task:
         return np.zeros((1, s, s, 3), np.float32)
 
     # ---- jitted parts -----------------------------------------------------------------------
+    def model_inputs(self, batch: Batch) -> dict[str, Any]:
+        """The model's `__call__` keyword arguments (besides `train`) from the global batch, in the train and eval
+        steps. Default: the image, as every model's `x`; a task whose model takes more (prompts, precomputed
+        features) returns those from its `device_keys`."""
+        return {"x": batch["image"]}
+
     def loss(self, outputs: dict[str, Any], batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Scalar loss and its named terms, from model outputs on the global batch."""
         raise NotImplementedError
@@ -143,6 +149,10 @@ class Task:
 
     def validate(self) -> None:
         """Checks the config for inconsistent values before anything compiles."""
+
+    def prepare(self, state: Any, workdir: Path) -> None:
+        """Host-side work that needs the run's starting weights (`state`), once, before the first train or eval
+        batch (the trainer calls it after restoring); e.g. caching a frozen encoder's outputs. Default: nothing."""
 
     # ---- prediction on images and video (`jaxcv.predict`, `--mode=predict`) ---------------------------
     # The JSON that `predict_files` writes with every image's records ("" = none).

@@ -1,20 +1,26 @@
 """Promptable segmentation: fine-tune SAM's mask decoder on box prompts drawn from ground-truth instance masks.
 
-Data: any source whose examples carry instance `masks` [N, H, W] and their `boxes` [N, 4] xyxy (the synthetic
-shapes, `jaxcv.data.shapes`). Each example gives up to `data.max_boxes` prompts: instances drawn at random in
+Data: any source whose examples carry instance `masks` [N, H, W] and their `boxes` [N, 4] xyxy: the synthetic
+shapes (`data.name="shapes"`), COCO-JSON with polygons or RLE (`data.name="coco_json"`, `data.masks=True`; crowd
+annotations are not prompted), a mask folder (`data.name="mask_folder"`, `data.instances="components"` or
+"ids"; `jaxcv.data.segmentation`). Each example gives up to `data.max_boxes` prompts: instances drawn at random in
 training (in order in evaluation), their ground-truth boxes, jittered in training as SAM's training was
 (noise of std `prompts.box_jitter` x the box's side per coordinate, clipped to `prompts.box_jitter_max` pixels).
 Images are resized (longest side) to the model's `image_size`, normalized as SAM (ImageNet mean / std on 0-255)
 and zero-padded, so `data.image_size` must be the model's.
 
-Model (`PromptableSam`, a `Sam` with the same parameter paths): the image encoder runs on the image (its
-gradient stopped while `image_encoder` is frozen, `config.freeze`), then each box goes through the prompt
-encoder and mask decoder (one mask, token 0, unless `loss.multimask`). The trainer passes the model only the
-image, so the model's outputs carry its parameters and the task decodes the batch's prompts with them inside the
-same loss function (the gradient reaches the decoder). The positional-encoding matrix (a buffer in SAM, not a
-parameter) is a constant of the module: taken from `model.converted` (a `jaxcv.convert --arch segment_anything`
-output, which also fixes the architecture), or from `init_from` when that is one; otherwise drawn from a fixed
-seed.
+Model (`PromptableSam`, a `Sam` with the same parameter paths): `model_inputs` gives it the batch's images (or
+cached embeddings) and box prompts; the image encoder's gradient is stopped while it is frozen (`config.freeze`
+names `image_encoder`), then each box goes through the prompt encoder and mask decoder (one mask, token 0, unless
+`loss.multimask`). The positional-encoding matrix (a buffer in SAM, not a parameter) is a constant of the module:
+taken from `model.converted` (a `jaxcv.convert --arch segment_anything` output, which also fixes the
+architecture), or from `init_from` when that is one; otherwise drawn from a fixed seed.
+
+Embedding cache (`config.embedding_cache`, on by default while the encoder is frozen): `prepare` computes every
+item's image embedding once with the run's starting weights, jitted, into `WORKDIR/embeddings/{split}.npy`
+(`jaxcv.sam.embedding_cache`; keyed by the encoder weights, architecture, dtype and data config, so a stale one is
+rebuilt and a second run reuses it), and the batches carry embeddings instead of images. The training split with
+`data.augment.hflip` is cached in both orientations, so flipping stays on and the run equals the uncached one.
 
 Loss, as SAM's: `loss.focal_weight` (20) x sigmoid focal loss + `loss.dice_weight` (1) x dice loss on the masks
 (logits upsampled bilinearly to the image size), plus `loss.iou_weight` (1) x MSE between the predicted IoU and
@@ -96,11 +102,16 @@ def default_pe_matrix(prompt_embed_dim: int) -> tuple[tuple[float, ...], ...]:
 
 
 class PromptableSam(Sam):
-    """`Sam` for the trainer: `__call__(images, train)` -> {"image_embeddings", "params"} (the embeddings, their
-    gradient stopped when `stop_encoder_gradient`, and the module's parameters for `decode_boxes`)."""
+    """`Sam` for the trainer: `__call__(images or image_embeddings, boxes, train)` -> {"image_embeddings" [B, g, g,
+    D], "low_res_logits" [B, K, C, 4g, 4g], "iou_predictions" [B, K, C]} (the decoder's outputs only with `boxes`).
+
+    `images` [B, S, S, 3] go through the image encoder (its gradient stopped when `stop_encoder_gradient`);
+    `image_embeddings` (e.g. from `jaxcv.sam.embedding_cache`) skip it. Each image's K boxes [B, K, 4] xyxy (input
+    pixels) are decoded on its embedding: C = 3 masks (tokens 1:4) with `multimask_output`, else 1 (token 0)."""
 
     pe_matrix: tuple[tuple[float, ...], ...] = ()
     stop_encoder_gradient: bool = True
+    multimask_output: bool = False
 
     def setup(self) -> None:  # as Sam.setup, with the constant-PE prompt encoder
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
@@ -124,13 +135,22 @@ class PromptableSam(Sam):
         low, iou = self.predict_prompts(emb, boxes=boxes.reshape(b * k, 4), multimask_output=multimask_output)
         return low.reshape(b, k, *low.shape[1:]), iou.reshape(b, k, -1)
 
-    def __call__(self, images: Array, train: bool = False) -> dict[str, Any]:  # type: ignore[override]
-        emb = self.embed_image(images)
-        if self.stop_encoder_gradient:
-            emb = jax.lax.stop_gradient(emb)
-        if self.is_initializing():  # every prompt-encoder and decoder parameter
+    def __call__(self, images: Array | None = None, boxes: Array | None = None, *,  # type: ignore[override]
+                 image_embeddings: Array | None = None, train: bool = False) -> dict[str, Array]:
+        if image_embeddings is None:
+            if images is None:
+                raise ValueError("PromptableSam needs `images` or `image_embeddings`")
+            emb = self.embed_image(images)
+            if self.stop_encoder_gradient:
+                emb = jax.lax.stop_gradient(emb)
+        else:  # the cache holds the encoder's outputs exactly (bfloat16 ones widened to float32)
+            emb = image_embeddings.astype(self.dtype)
+        out = {"image_embeddings": emb}
+        if boxes is None and self.is_initializing():  # every prompt-encoder and decoder parameter
             self.decode_boxes(emb[:1], jnp.zeros((1, 1, 4), jnp.float32), True)
-        return {"image_embeddings": emb, "params": self.variables["params"]}
+        if boxes is not None:
+            out["low_res_logits"], out["iou_predictions"] = self.decode_boxes(emb, boxes, self.multimask_output)
+        return out
 
 
 def read_converted_sam(directory: str | Path) -> tuple[dict[str, Any], tuple[tuple[float, ...], ...]]:
@@ -144,6 +164,31 @@ def read_converted_sam(directory: str | Path) -> tuple[dict[str, Any], tuple[tup
     kwargs = {k: v for k, v in meta["kwargs"].items() if k in ARCH_FIELDS}
     gaussian = load_converted(directory)["buffers"]["prompt_encoder"]["pe_layer"]["positional_encoding_gaussian_matrix"]
     return kwargs, tuple(tuple(float(v) for v in row) for row in np.asarray(gaussian, np.float32))
+
+
+def export_sam(task: Any, params: Any, out: str | Path) -> Path:
+    """Writes a fine-tuned `PromptableSam`'s parameters as a `jaxcv.convert --arch segment_anything` output
+    (`model.json` naming `Sam` and its architecture; `variables/` with `params` and SAM's PE matrix as the
+    `buffers` it keeps there), so `python -m jaxcv.sam --weights OUT`, `jaxcv.convert.converted_model` /
+    `load_converted` + `jaxcv.sam.Predictor`, and a later `model.converted` / `init_from` take it."""
+    import orbax.checkpoint as ocp
+
+    from jaxcv.convert import MODEL_JSON, VARIABLES_DIR, module_spec
+
+    model = task.model
+    kwargs, _ = task.architecture()
+    pe = np.asarray(model.pe_matrix or default_pe_matrix(model.prompt_embed_dim), np.float32)
+    variables = {"params": jax.device_get(params),
+                 "buffers": {"prompt_encoder": {"pe_layer": {"positional_encoding_gaussian_matrix": pe}}}}
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(out / VARIABLES_DIR, variables, force=True)
+        checkpointer.wait_until_finished()
+    meta = {"arch": "segment_anything", **module_spec(Sam(**kwargs)),
+            "weights": "fine-tuned (jaxcv promptable_segmentation)"}
+    (out / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
 
 
 # ---------------------------------------------------------------- data
@@ -172,29 +217,57 @@ def sample_prompts(boxes: np.ndarray, num: int, size: tuple[int, int], rng: np.r
     return idx, out
 
 
+def resize_example(ex: dict[str, Any], image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Raw instance example -> image uint8 [h, w, 3] (longest side resized to `image_size` as SAM's
+    ResizeLongestSide), masks uint8 [N, h, w] (nearest), boxes float32 [N, 4] (scaled), labels int32 [N]; crowd
+    annotations (`iscrowd`) left out."""
+    from jaxcv.sam.predictor import preprocess_shape, resize_image
+
+    image = np.asarray(ex["image"])
+    h, w = image.shape[:2]
+    masks = np.asarray(ex["masks"], np.uint8).reshape(-1, h, w)
+    boxes = np.asarray(ex["boxes"], np.float32).reshape(-1, 4)
+    labels = np.asarray(ex.get("labels", np.zeros(len(boxes))), np.int32).reshape(-1)
+    if "iscrowd" in ex:  # a crowd region is no instance to prompt for (COCO-JSON sources)
+        single = ~np.asarray(ex["iscrowd"], bool).reshape(-1)
+        masks, boxes, labels = masks[single], boxes[single], labels[single]
+    if (h, w) != (image_size, image_size):
+        nh, nw = preprocess_shape(h, w, image_size)
+        image = resize_image(image, image_size)
+        masks = np.stack([np.asarray(Image.fromarray(m).resize((nw, nh), Image.NEAREST)) for m in masks]) \
+            if len(masks) else np.zeros((0, nh, nw), np.uint8)
+        boxes = boxes * np.array([nw / w, nh / h] * 2, np.float32)
+    return image, masks, boxes, labels
+
+
+def model_image(image: np.ndarray, image_size: int) -> np.ndarray:
+    """Resized uint8 [h, w, 3] -> the model's input float32 [S, S, 3]: normalized, zero-padded bottom/right."""
+    h, w = image.shape[:2]
+    padded = np.zeros((image_size, image_size, 3), np.float32)
+    padded[:h, :w] = normalize(np.ascontiguousarray(image))
+    return padded
+
+
+def cache_image(ex: dict[str, Any], image_size: int, flip: bool) -> np.ndarray:
+    """The model input of a raw example as the transform makes it, flipped or not (what the cache embeds)."""
+    image = resize_example(ex, image_size)[0]
+    return model_image(image[:, ::-1] if flip else image, image_size)
+
+
 def make_prompt_transform(image_size: int, num_prompts: int, train: bool, hflip: bool = True,
                           jitter: float = 0.1, jitter_max: float = 20.0):
     """Raw instance example -> `image` float32 [S, S, 3] (longest side resized to S, normalized, zero-padded),
     `boxes` [K, 4] box prompts (input pixels), `gt_masks` uint8 [K, S, S], `box_mask` bool [K] (real prompts),
-    `labels` int32 [K], `image_id`. Training flips horizontally with probability 0.5 when `hflip`."""
-    from jaxcv.sam.predictor import preprocess_shape, resize_image
-
+    `labels` int32 [K], `image_id`. Training flips horizontally with probability 0.5 when `hflip`. An example that
+    carries cached `image_embeddings` [F, g, g, D] (`EmbeddedSource`) also gives `image_embeddings` [g, g, D]:
+    slot 1 (the flipped image's) when flipped."""
     s = image_size
 
     def transform(ex: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        image = np.asarray(ex["image"])
+        image, masks, boxes, labels = resize_example(ex, s)
         h, w = image.shape[:2]
-        masks = np.asarray(ex["masks"], np.uint8).reshape(-1, h, w)
-        boxes = np.asarray(ex["boxes"], np.float32).reshape(-1, 4)
-        labels = np.asarray(ex.get("labels", np.zeros(len(boxes))), np.int32).reshape(-1)
-        if (h, w) != (s, s):
-            nh, nw = preprocess_shape(h, w, s)
-            image = resize_image(image, s)
-            masks = np.stack([np.asarray(Image.fromarray(m).resize((nw, nh), Image.NEAREST)) for m in masks]) \
-                if len(masks) else np.zeros((0, nh, nw), np.uint8)
-            boxes = boxes * np.array([nw / w, nh / h] * 2, np.float32)
-            h, w = nh, nw
-        if train and hflip and rng.random() < 0.5:
+        flipped = bool(train and hflip and rng.random() < 0.5)
+        if flipped:
             image, masks = image[:, ::-1], masks[:, :, ::-1]
             boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
         idx, prompts = sample_prompts(boxes, num_prompts, (h, w), rng, train, jitter, jitter_max)
@@ -204,12 +277,40 @@ def make_prompt_transform(image_size: int, num_prompts: int, train: bool, hflip:
             if i >= 0:
                 gt[j, :h, :w] = masks[i]
                 out_labels[j] = labels[i]
-        padded = np.zeros((s, s, 3), np.float32)
-        padded[:h, :w] = normalize(np.ascontiguousarray(image))
-        return {"image": padded, "boxes": prompts, "gt_masks": gt, "box_mask": idx >= 0, "labels": out_labels,
-                "image_id": int(ex.get("image_id", 0))}
+        out = {"image": model_image(image, s), "boxes": prompts, "gt_masks": gt, "box_mask": idx >= 0,
+               "labels": out_labels, "image_id": int(ex.get("image_id", 0))}
+        if "image_embeddings" in ex:
+            emb = ex["image_embeddings"]
+            if flipped and len(emb) < 2:
+                raise ValueError("the embedding cache holds no flipped embeddings but the transform flips: the "
+                                 "split's cache was built without data.augment.hflip")
+            out["image_embeddings"] = emb[1 if flipped else 0]
+        return out
 
     return transform
+
+
+class EmbeddedSource:
+    """A source whose examples also carry `image_embeddings` [F, g, g, D] float32 from `cache` once it is set
+    (`PromptableSegmentationTask.prepare`); every other attribute is the wrapped source's."""
+
+    def __init__(self, source: Any):
+        self.source = source
+        self.cache: Any = None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.source[index]
+        if self.cache is not None:
+            ex = {**ex, "image_embeddings": self.cache.row(index)}
+        return ex
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
 
 
 # ---------------------------------------------------------------- losses
@@ -236,12 +337,17 @@ def mask_iou(pred: Array, targets: Array) -> Array:
 class PromptableSegmentationTask(Task):
     name = "promptable_segmentation"
     picture_kind = "boxes"  # `jaxcv.show --what=batch` draws the prompt boxes
-    device_keys = ("image", "boxes", "gt_masks", "box_mask")
 
     def __init__(self, config: Any):
         super().__init__(config)
         self._arch: tuple[dict[str, Any], tuple] | None = None
         self._model: PromptableSam | None = None
+        self._embedded: dict[str, EmbeddedSource] = {}
+        self._cached = False  # set by `prepare` once every split's embeddings are on disk
+
+    @property
+    def device_keys(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("image_embeddings" if self._cached else "image", "boxes", "gt_masks", "box_mask")
 
     # ---- model
     def converted_dir(self) -> str:
@@ -285,7 +391,8 @@ class PromptableSegmentationTask(Task):
     def create_model(self) -> PromptableSam:
         kwargs, pe = self.architecture()
         return PromptableSam(**kwargs, pe_matrix=pe, dtype=jnp.dtype(self.config.dtype),
-                             stop_encoder_gradient=self.encoder_frozen)
+                             stop_encoder_gradient=self.encoder_frozen,
+                             multimask_output=bool(self.config.loss.multimask))
 
     @property
     def model(self) -> PromptableSam:
@@ -296,6 +403,12 @@ class PromptableSegmentationTask(Task):
     @property
     def encoder_frozen(self) -> bool:
         return any(p.strip("/") == "image_encoder" for p in self.config.freeze or ())
+
+    @property
+    def use_cache(self) -> bool:
+        """Image embeddings from the on-disk cache: the image encoder frozen and `config.embedding_cache` (on by
+        default). The only pixel augmentation, `data.augment.hflip`, is cached too (both orientations)."""
+        return self.encoder_frozen and bool(self.config.get("embedding_cache", True))
 
     @property
     def model_image_size(self) -> int:
@@ -315,9 +428,60 @@ class PromptableSegmentationTask(Task):
         ex = self.source("train")[0]
         if "masks" not in ex:
             raise ValueError(f"dataset {self.config.data.name!r} gives no instance `masks`: promptable segmentation "
-                             "needs them (e.g. data.name='shapes')")
+                             "needs them (data.name='shapes'; coco_json with data.masks=True; mask_folder with "
+                             "data.instances='components' or 'ids')")
 
     # ---- data
+    def source(self, split: str) -> Any:
+        """The dataset of `split`; wrapped in an `EmbeddedSource` when embeddings are cached."""
+        src = super().source(split)
+        if not self.use_cache:
+            return src
+        if split not in self._embedded:
+            self._embedded[split] = EmbeddedSource(src)
+        return self._embedded[split]
+
+    def flips(self, split: str) -> int:
+        """Cached orientations of `split`: 2 for the training split with `data.augment.hflip`, else 1."""
+        from jaxcv.data.base import split_id
+
+        return 2 if split_id(split) == 0 and bool(self.config.data.augment.hflip) else 1
+
+    def cache_meta(self, split: str) -> dict[str, Any]:
+        """What the embeddings of `split` depend on besides the encoder's weights (part of the cache key)."""
+        data = {k: v for k, v in self.config.data.to_dict().items()
+                if k not in ("num_threads", "max_boxes", "augment", "bad_input")}
+        return {"arch": self.architecture()[0], "dtype": self.config.dtype, "conv_impl": self.config.conv_impl,
+                "image_size": self.image_size, "split": split, "flips": self.flips(split),
+                "num_items": len(self.source(split)), "data": data}
+
+    def prepare(self, state: Any, workdir: Path) -> None:
+        """With `use_cache`: the image embeddings of both splits, from `workdir/embeddings/{split}.npy` when its
+        key (encoder weights, architecture, dtype, data) matches, else computed (jitted, `eval_batch_size` images
+        a call) and written there; the batches then carry them instead of images (`device_keys`)."""
+        if not self.use_cache:
+            return
+        from jaxcv.sam import embedding_cache
+
+        encoder = {"image_encoder": state.params["image_encoder"]}
+        model = self.model
+        embed = jax.jit(lambda p, x: model.apply({"params": p}, x)["image_embeddings"])
+        s, bs = self.image_size, int(self.config.eval_batch_size)
+        for split in ("train", "validation"):
+            src = self.source(split)
+            key = embedding_cache.cache_key(encoder, meta := self.cache_meta(split))
+
+            def load(i: int, flip: bool, src: EmbeddedSource = src) -> np.ndarray:
+                return cache_image(src.source[i], s, flip)
+
+            src.cache = embedding_cache.open_or_build(
+                Path(workdir) / "embeddings", split, key, meta, len(src), self.flips(split), load,
+                lambda x: embed(encoder, x), bs, int(self.config.data.num_threads))
+            if jax.process_index() == 0:
+                print(f"[jaxcv] embeddings: {'computed' if src.cache.built else 'reused'} {src.cache.path} "
+                      f"{tuple(src.cache.array.shape)} {src.cache.dtype}", flush=True)
+        self._cached = True
+
     def make_transform(self, train: bool):
         p = self.config.prompts
         return make_prompt_transform(self.image_size, int(self.config.data.max_boxes), train,
@@ -325,17 +489,22 @@ class PromptableSegmentationTask(Task):
                                      jitter_max=float(p.box_jitter_max))
 
     # ---- jitted parts
-    def _decode(self, outputs: dict[str, Any], boxes: Array) -> tuple[Array, Array]:
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The boxes and the cached embeddings when the batch has them, else the images."""
+        if "image_embeddings" in batch:
+            return {"image_embeddings": batch["image_embeddings"], "boxes": batch["boxes"]}
+        return {"images": batch["image"], "boxes": batch["boxes"]}
+
+    def _decode(self, outputs: dict[str, Any]) -> tuple[Array, Array]:
         """Logits upsampled to the image [B, K, C, S, S] and predicted IoUs [B, K, C]."""
-        low, iou = self.model.apply({"params": outputs["params"]}, outputs["image_embeddings"], boxes,
-                                    bool(self.config.loss.multimask), method=PromptableSam.decode_boxes)
+        low = outputs["low_res_logits"]
         up = jnp.asarray(linear_resize_matrix(low.shape[-1], self.image_size), jnp.float32)
         logits = jnp.einsum("hi,...ij,wj->...hw", up, upcast(low), up, precision=jax.lax.Precision.HIGHEST)
-        return logits, upcast(iou)
+        return logits, upcast(outputs["iou_predictions"])
 
     def loss(self, outputs, batch):
         lc = self.config.loss
-        logits, iou_pred = self._decode(outputs, batch["boxes"])
+        logits, iou_pred = self._decode(outputs)
         gt = batch["gt_masks"].astype(jnp.float32)[:, :, None]  # [B, K, 1, S, S]
         focal = jnp.mean(sigmoid_focal_loss(logits, jnp.broadcast_to(gt, logits.shape), lc.focal_alpha,
                                             lc.focal_gamma), axis=(-2, -1))
@@ -359,7 +528,7 @@ class PromptableSegmentationTask(Task):
                        "iou_mse_loss": mean(iou_mse), "mask_iou": mean(pick(iou))}
 
     def predict(self, outputs, batch):
-        logits, iou_pred = self._decode(outputs, batch["boxes"])
+        logits, iou_pred = self._decode(outputs)
         best = jnp.argmax(iou_pred, axis=-1)  # multimask: the mask the IoU head ranks first
         logits = jnp.take_along_axis(logits, best[..., None, None, None], axis=2)[:, :, 0]
         masks = logits > 0

@@ -140,11 +140,30 @@ class MLP(nn.Module):
         return x
 
 
-def conv_transpose(features: int, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.ConvTranspose:
-    """torch ConvTranspose2d(k=2, s=2): `transpose_kernel=True` gives torch's gradient-of-conv semantics, so the
-    torch weight [in, out, kh, kw] maps to the flax kernel [kh, kw, out, in] by a plain transpose (no flip)."""
-    return nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID", transpose_kernel=True,
-                            dtype=dtype, param_dtype=param_dtype, name=name)
+class ConvTranspose2x2(nn.Module):
+    """torch ConvTranspose2d(k=2, s=2) as `nn.ConvTranspose(..., transpose_kernel=True)` computes it (the same
+    `kernel` [kh, kw, out, in] and `bias` [out], so the torch weight [in, out, kh, kw] maps by a plain transpose):
+    each input cell writes its own 2 x 2 output block, so the layer is one einsum and a reshape, [B, h, w, in] ->
+    [B, 2h, 2w, out]. Same values as the convolution (bit-identical in float32 here); on the CPU its forward plus
+    backward runs about 10x faster than XLA's transposed convolution, which dominated a decoder training step."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, self.features, x.shape[-1]),
+                            self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+        y = jnp.einsum("nijc,abfc->niajbf", x.astype(self.dtype), kernel.astype(self.dtype))
+        n, h, _, w, _, f = y.shape
+        return y.reshape(n, 2 * h, 2 * w, f) + bias.astype(self.dtype)
+
+
+def conv_transpose(features: int, name: str | None, dtype: Dtype, param_dtype: Dtype) -> ConvTranspose2x2:
+    """The decoder's upscaling layer (torch ConvTranspose2d(k=2, s=2)), see `ConvTranspose2x2`."""
+    return ConvTranspose2x2(features, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class MaskDecoder(nn.Module):
