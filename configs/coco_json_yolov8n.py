@@ -4,7 +4,10 @@ The `yolov8` head (jaxcv/detectors/yolov8.py) with ultralytics' loss gains, assi
 scratch, or fine-tuned from ultralytics weights of the same class count converted with
 `python -m jaxcv.convert --arch ultralytics:yolov8n --weights yolov8n.safetensors --out DIR` and
 `--config.init_from=DIR`. The optimizer is AdamW with warmup, what ultralytics picks for runs this short
-(`optimizer=auto`), with its weight decay and gradient clipping; weights are averaged as its ModelEMA.
+(`optimizer=auto`), with its weight decay and gradient clipping; weights are averaged as its ModelEMA. Inputs
+are RGB in [0, 1] with grey 114 padding, what ultralytics' weights expect. Mosaic is off here (its
+`--config.data.augment.mosaic=1.0 --config.data.augment.close_mosaic=10` is ultralytics' default pipeline, see
+configs/coco_yolov8n.py).
 
     python -m jaxcv.main --config=configs/coco_json_yolov8n.py --workdir=runs/mine_yolov8 \
       --config.data.train_json=ann/train.json --config.data.train_images=images/train \
@@ -28,6 +31,8 @@ def get_config(arg: str | None = None):
     c.data.augment.hflip = True
     c.data.augment.scale_jitter = (0.5, 1.5)
     c.data.augment.photometric = True
+    c.preprocess.normalize = "unit"  # RGB / 255, as ultralytics
+    c.preprocess.pad_value = 114.0  # its letterbox grey
     c.batch_size = 16
     c.eval_batch_size = 16
     c.num_train_steps = 20000

@@ -146,7 +146,14 @@ def detection_config(preset: str = "torchvision", head: str = "retinanet") -> ml
     # "contiguous": class k = the k-th category in sorted id order (num_classes = #categories);
     # "category_id": class k = category id k (num_classes = max id + 1; torchvision's COCO detectors: 91)
     c.data.label_map = "contiguous"
-    c.data.augment = ml_collections.ConfigDict({"hflip": True, "scale_jitter": (), "photometric": False})
+    # mosaic: probability of YOLO's 4-image mosaic per training item (jaxcv.data.mosaic, 0 = off; ultralytics 1.0),
+    # off again for the last close_mosaic epochs (ultralytics' close_mosaic, 10).
+    c.data.augment = ml_collections.ConfigDict({"hflip": True, "scale_jitter": (), "photometric": False,
+                                                "mosaic": 0.0, "close_mosaic": 0})
+    # Model input (jaxcv.data.detection.make_detection_transform): normalize "imagenet" = (x / 255 - mean) / std
+    # (torchvision) or "unit" = x / 255 in [0, 1] (darknet, ultralytics); pad_value the grey (0..255) of the
+    # padding that makes the image square, -1 = the mean colour (0 after "imagenet", torchvision's padding).
+    c.preprocess = ml_collections.ConfigDict({"normalize": "imagenet", "pad_value": -1.0})
     for section, defaults in head_class(head).default_config(preset).items():
         c[section] = defaults
     c.evals = ml_collections.ConfigDict({"coco": {"type": "coco"}})

@@ -13,14 +13,20 @@ side are dropped. `boxes` and `labels` of different lengths are cut to the short
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from jaxcv.data.base import normalize
+from jaxcv.data import register_dataset
+from jaxcv.data.base import IMAGENET_MEAN, IMAGENET_STD, DataError, cfg_get, normalize
+from jaxcv.data.tfds_detection import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 
 Example = dict[str, Any]
+# Model-input conventions (`config.preprocess.normalize`): "imagenet" (torchvision's mean/std standardization) and
+# "unit" (pixels / 255 in [0, 1], RGB: what darknet's and ultralytics' weights expect).
+NORMALIZATIONS = ("imagenet", "unit")
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 # RGB <-> YIQ (NTSC). Rotating the (I, Q) chroma plane shifts hue and keeps luma: a cheap hue jitter.
@@ -43,6 +49,31 @@ def sanitize_boxes(boxes: np.ndarray, labels: np.ndarray, height: int, width: in
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     keep = finite & proper & (bw > 0) & (bh > 0) & (bw >= min_size) & (bh >= min_size)
     return boxes[keep], labels[keep]
+
+
+def to_model_input(image: np.ndarray, mode: str = "imagenet") -> np.ndarray:
+    """uint8 [..., 3] RGB -> float32 model input by `mode` (`NORMALIZATIONS`)."""
+    if mode == "unit":
+        return image.astype(np.float32) / np.float32(255.0)
+    if mode != "imagenet":
+        raise ValueError(f"normalize={mode!r}: unknown; known: {', '.join(NORMALIZATIONS)}")
+    return normalize(image)
+
+
+def from_model_input(image: np.ndarray, mode: str = "imagenet") -> np.ndarray:
+    """Inverse of `to_model_input`, to uint8 for drawing."""
+    x = np.asarray(image, np.float32)
+    x = x * 255.0 if mode == "unit" else (x * IMAGENET_STD + IMAGENET_MEAN) * 255.0
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def pad_color(mode: str = "imagenet", pad_value: float = -1.0) -> np.ndarray:
+    """float32 [3]: the model-input value of padding grey `pad_value` (0..255 pixels), or with -1 of the mean
+    colour (exactly 0 after "imagenet" normalization, torchvision's zero padding of normalized images)."""
+    if pad_value < 0:
+        return np.zeros(3, np.float32) if mode == "imagenet" else IMAGENET_MEAN.copy()
+    grey = np.full(3, pad_value, np.float32)
+    return ((grey / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32) if mode == "imagenet" else grey / 255.0
 
 
 def _photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 0.2,
@@ -73,16 +104,19 @@ def make_detection_transform(
     scale_jitter: tuple[float, float] | None = None,
     photometric: bool = False,
     min_box_size: float = 1.0,
+    normalize: str = "imagenet",
+    pad_value: float = -1.0,
 ) -> Callable[[Example, np.random.Generator], Example]:
     """Raw detection example -> fixed shapes:
 
-    `image` float32 [S, S, 3] normalized; `boxes` float32 [max_boxes, 4] xyxy pixels of the output;
-    `labels` int32 [max_boxes]; `box_mask` bool [max_boxes]; `image_id` int32; `scale` float32 (output
-    pixels per original pixel: divide predicted boxes by it to return to the original image);
+    `image` float32 [S, S, 3] normalized (`to_model_input(normalize)`); `boxes` float32 [max_boxes, 4] xyxy
+    pixels of the output; `labels` int32 [max_boxes]; `box_mask` bool [max_boxes]; `image_id` int32; `scale`
+    float32 (output pixels per original pixel: divide predicted boxes by it to return to the original image);
     `orig_size` int32 [2] (h, w).
 
     Eval: the long side is resized to S (aspect kept, Pillow bilinear), then padded bottom/right with
-    0 (= the mean colour after normalization, as torchvision pads after normalizing). Train adds a
+    `pad_color(normalize, pad_value)`: by default 0 (= the mean colour after normalization, as torchvision pads
+    after normalizing); `normalize="unit"` with grey 114 is ultralytics' input and letterbox. Train adds a
     random scale factor from `scale_jitter` (then a random S x S crop where the image got larger,
     padding where smaller), a random horizontal flip and photometric jitter, all drawn from `rng`.
     Only the crop window is resampled, so large jitter factors cost no more than S x S pixels.
@@ -92,6 +126,9 @@ def make_detection_transform(
     s = int(image_size)
     if scale_jitter is not None and not 0 < scale_jitter[0] <= scale_jitter[1]:
         raise ValueError(f"scale_jitter must be (lo, hi) with 0 < lo <= hi, got {scale_jitter}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize={normalize!r}: unknown; known: {', '.join(NORMALIZATIONS)}")
+    fill = pad_color(normalize, pad_value)
 
     def transform(ex: Example, rng: np.random.Generator) -> Example:
         image = np.asarray(ex["image"])
@@ -124,8 +161,9 @@ def make_detection_transform(
             boxes = np.stack([cw - boxes[:, 2], boxes[:, 1], cw - boxes[:, 0], boxes[:, 3]], axis=1)
         if train and photometric:
             crop = _photometric(crop, rng)
-        out = np.zeros((s, s, 3), np.float32)  # 0 after normalization = the mean colour
-        out[:ch, :cw] = normalize(np.ascontiguousarray(crop))
+        out = np.empty((s, s, 3), np.float32)
+        out[...] = fill
+        out[:ch, :cw] = to_model_input(np.ascontiguousarray(crop), normalize)
         n = min(len(boxes), max_boxes)
         padded_boxes = np.zeros((max_boxes, 4), np.float32)
         padded_labels = np.zeros((max_boxes,), np.int32)
@@ -142,3 +180,41 @@ def make_detection_transform(
         }
 
     return transform
+
+
+class ClassNames:
+    """A detection source with classes and no images, for prediction with converted weights (`--mode=predict`
+    needs the class names and count, never an image of a dataset). `data.name = "class_names"`,
+    `data.class_names`: "coco" (COCO's 80 detection classes, with their official category ids, as darknet's
+    `coco.names` and ultralytics' `coco.yaml` order them), a file with one name per line (darknet's `.names`),
+    or comma-separated names (category ids 1..K)."""
+
+    def __init__(self, spec: str):
+        spec = str(spec).strip()
+        if spec == "coco":
+            names, ids = list(COCO_CLASS_NAMES), list(COCO_CATEGORY_IDS)
+        else:
+            path = Path(spec).expanduser()
+            text = path.read_text() if path.is_file() else spec.replace(",", "\n")
+            names = [n.strip() for n in text.splitlines() if n.strip()]
+            ids = list(range(1, len(names) + 1))
+        if not names:
+            raise DataError(f"data.class_names={spec!r} names no class: give 'coco', a .names file or 'a,b,c'")
+        self.class_names, self.category_ids, self.num_classes = names, ids, len(names)
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> Example:
+        raise IndexError(f"data.name='class_names' holds no images (item {index}): it serves prediction only")
+
+    def coco_ground_truth(self) -> dict[str, Any]:
+        return {"images": [], "annotations": [],
+                "categories": [{"id": i, "name": n} for i, n in zip(self.category_ids, self.class_names, strict=True)]}
+
+
+def class_names(data_config: Any, split: str) -> ClassNames:
+    return ClassNames(cfg_get(data_config, "class_names", "coco"))
+
+
+register_dataset("class_names", class_names, ("class_names",))

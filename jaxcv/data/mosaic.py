@@ -20,6 +20,11 @@ resumed run sees the same mosaics):
 
 Crowd boxes are no targets (as `make_detection_transform`). A partner the source cannot read (`DataError`) is
 replaced by the item itself, so one bad file never fails another item.
+
+Close-mosaic (ultralytics' `close_mosaic`: the last epochs see plain letterboxed items, still with the affine,
+HSV and flip): items of epochs >= `close_epoch` take step 1's "otherwise" branch. The epoch is the one the
+Loader seeded the item's rng with (`loader_epoch`), so the switch, like everything else, is a pure function
+of (seed, epoch, index) and a resumed run switches at the same step.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jaxcv.data.base import DataError, Source, normalize
-from jaxcv.data.detection import sanitize_boxes
+from jaxcv.data.base import DataError, Source
+from jaxcv.data.detection import NORMALIZATIONS, sanitize_boxes, to_model_input
 
 Example = dict[str, Any]
 
@@ -53,6 +58,16 @@ def _load(ex: Example, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if (nh, nw) != (h, w):
         image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
     return image, boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32), labels
+
+
+def loader_epoch(rng: np.random.Generator) -> int | None:
+    """The epoch of a training item's rng: `jaxcv.data.loader.Loader` seeds item i of epoch e with
+    `default_rng([seed, e, i])` (its documented contract), whose SeedSequence keeps that entropy. None for a
+    Generator seeded otherwise (a single int, e.g. a test's or a preview's), which counts as no epoch known."""
+    entropy = getattr(getattr(rng.bit_generator, "seed_seq", None), "entropy", None)
+    if isinstance(entropy, (list, tuple)) and len(entropy) == 3:
+        return int(entropy[1])
+    return None
 
 
 def _hsv(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
@@ -79,14 +94,19 @@ def make_mosaic_transform(
     min_box_size: float = 2.0,
     max_aspect: float = 100.0,
     area_thr: float = 0.1,
+    normalize: str = "imagenet",
+    close_epoch: int | None = None,
 ) -> Callable[[Example, np.random.Generator], Example]:
-    """Training transform (module docstring): raw example + rng -> `image` float32 [S, S, 3] normalized, `boxes`
-    float32 [max_boxes, 4] xyxy output pixels, `labels` int32 [max_boxes], `box_mask` bool [max_boxes],
-    `image_id` int32, `scale` float32 (1: a mosaic has no single original image), `orig_size` int32 [2] (S, S).
-    More than `max_boxes` boxes: the first are kept (item, then partners, in source order)."""
+    """Training transform (module docstring): raw example + rng -> `image` float32 [S, S, 3] (`to_model_input`
+    of `normalize`), `boxes` float32 [max_boxes, 4] xyxy output pixels, `labels` int32 [max_boxes], `box_mask`
+    bool [max_boxes], `image_id` int32, `scale` float32 (1: a mosaic has no single original image),
+    `orig_size` int32 [2] (S, S). More than `max_boxes` boxes: the first are kept (item, then partners, in
+    source order). `close_epoch`: from this epoch of the Loader's rng on (`loader_epoch`), no mosaic."""
     s = int(image_size)
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"mosaic prob must be in [0, 1], got {prob}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize={normalize!r}: unknown; known: {', '.join(NORMALIZATIONS)}")
     if not 0 < scale[0] <= scale[1]:
         raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi, got {scale}")
     n = len(source)
@@ -99,7 +119,9 @@ def make_mosaic_transform(
 
     def canvas(ex: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The mosaic (2S x 2S) or the letterboxed item (S x S), its boxes and labels."""
-        if rng.random() >= prob:
+        epoch = loader_epoch(rng) if close_epoch is not None else None
+        p = 0.0 if epoch is not None and epoch >= close_epoch else prob
+        if rng.random() >= p:
             image, boxes, labels = _load(ex, s)
             h, w = image.shape[:2]
             out = np.full((s, s, 3), fill, np.uint8)
@@ -153,7 +175,7 @@ def make_mosaic_transform(
         mask = np.zeros((max_boxes,), bool)
         padded_boxes[:k], padded_labels[:k], mask[:k] = boxes[:k], labels[:k], True
         return {
-            "image": normalize(np.ascontiguousarray(out_image)),
+            "image": to_model_input(np.ascontiguousarray(out_image), normalize),
             "boxes": padded_boxes,
             "labels": padded_labels,
             "box_mask": mask,

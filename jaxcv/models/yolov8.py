@@ -242,11 +242,20 @@ class PANNeck(nn.Module):
         return p3, p4, p5
 
 
+def head_bias_init(num_classes: int, stride: int) -> tuple[float, float]:
+    """Initial biases of the last box and class convs at one level, as ultralytics' `Detect.bias_init`: box
+    logits 1.0 (every DFL bin alike), class logits log(5 / K / (640 / stride)^2), a prior of about 5 objects
+    over the K classes per 640 x 640 image spread over that level's anchor points (RetinaNet's prior-probability
+    initialization); 640 is fixed there, whatever the training size."""
+    return 1.0, math.log(5.0 / num_classes / (640.0 / stride) ** 2)
+
+
 class DetectHead(nn.Module):
     """ultralytics `Detect` (legacy v8 form): per level i, box branch `cv2_i_0`, `cv2_i_1` (ConvBNSiLU 3x3,
     c2 = max(16, ch0 // 4, 4 * reg_max) channels), `cv2_i_2` (1x1 conv + bias -> 4 * reg_max); class branch
     `cv3_i_*` the same with c3 = max(ch0, min(K, 100)) channels -> K. Returns [B, h, w, 4 * reg_max + K] per
-    level (float32)."""
+    level (float32). The last convs' biases start as `head_bias_init` (level i at stride `STRIDES[i]`), so a
+    model trained from scratch starts as ultralytics'; loaded weights replace them."""
 
     num_classes: int = 80
     reg_max: int = 16
@@ -263,11 +272,13 @@ class DetectHead(nn.Module):
         outs = []
         for i, f in enumerate(feats):
             branches = []
-            for branch, width, n_out in (("cv2", c2, 4 * self.reg_max), ("cv3", c3, self.num_classes)):
+            biases = head_bias_init(self.num_classes, STRIDES[i])
+            for (branch, width, n_out), bias in zip((("cv2", c2, 4 * self.reg_max), ("cv3", c3, self.num_classes)),
+                                                    biases, strict=True):
                 y = ConvBNSiLU(width, 3, **kw, name=f"{branch}_{i}_0")(f, train)
                 y = ConvBNSiLU(width, 3, **kw, name=f"{branch}_{i}_1")(y, train)
                 y = Conv(n_out, (1, 1), dtype=out_dtype, param_dtype=self.param_dtype,
-                         name=f"{branch}_{i}_2")(y.astype(out_dtype))
+                         bias_init=nn.initializers.constant(bias), name=f"{branch}_{i}_2")(y.astype(out_dtype))
                 branches.append(y)
             outs.append(jnp.concatenate(branches, axis=-1))
         return outs

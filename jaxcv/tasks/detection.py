@@ -68,6 +68,7 @@ class DetectionTask(Task):
     def validate(self) -> None:
         if self.label_map not in ("contiguous", "category_id"):
             raise ValueError(f"data.label_map={self.label_map!r}: use 'contiguous' or 'category_id'")
+        self._validate_input_keys()
         n = self.config.data.num_classes
         if n and n != self.num_classes:
             raise ValueError(
@@ -75,11 +76,60 @@ class DetectionTask(Task):
             )
         self.head.validate()
 
+    def _validate_input_keys(self) -> None:
+        """`data.augment.mosaic` / `close_mosaic` and `preprocess`, checked before anything compiles."""
+        from jaxcv.data.detection import NORMALIZATIONS
+
+        aug, pre = self.config.data.augment, self.config.get("preprocess") or {}
+        prob, close = aug.get("mosaic", 0.0), aug.get("close_mosaic", 0)
+        if not _is_number(prob) or not 0.0 <= prob <= 1.0:
+            raise ValueError(f"config.data.augment.mosaic={prob!r}: must be a probability in [0, 1] (0 = off)")
+        if isinstance(close, bool) or not isinstance(close, int) or close < 0:
+            raise ValueError(f"config.data.augment.close_mosaic={close!r}: must be an integer >= 0 (epochs at the "
+                             "end without mosaic)")
+        mode, pad = pre.get("normalize", "imagenet"), pre.get("pad_value", -1.0)
+        if mode not in NORMALIZATIONS:
+            raise ValueError(f"config.preprocess.normalize={mode!r}: unknown; known: {', '.join(NORMALIZATIONS)}")
+        if not _is_number(pad) or not (pad == -1 or 0 <= pad <= 255):
+            raise ValueError(f"config.preprocess.pad_value={pad!r}: must be a grey level in [0, 255] or -1 (the "
+                             "mean colour)")
+
+    @property
+    def normalize(self) -> str:
+        """`preprocess.normalize`: "imagenet" (torchvision's mean/std) or "unit" (pixels / 255, RGB)."""
+        return (self.config.get("preprocess") or {}).get("normalize", "imagenet")
+
+    def mosaic_close_epoch(self) -> int | None:
+        """The first training epoch without mosaic (`data.augment.close_mosaic` before the end of the run; the
+        Loader's epochs: `num_train_steps` steps of `max(1, len(train) // batch_size)`), None when it never
+        closes."""
+        close = int(self.config.data.augment.get("close_mosaic", 0))
+        if close <= 0:
+            return None
+        steps_per_epoch = max(1, len(self.source("train")) // int(self.config.batch_size))
+        epochs = -(-int(self.config.num_train_steps) // steps_per_epoch)
+        return max(0, epochs - close)
+
     def make_transform(self, train: bool):
+        """Training: YOLO's mosaic (`jaxcv.data.mosaic`, ultralytics' pipeline: mosaic, affine with the
+        `scale_jitter` range, HSV jitter when `photometric`, flip) when `data.augment.mosaic` > 0, else
+        `make_detection_transform`'s resize/crop/flip/jitter; evaluation and prediction: the latter's resize
+        and pad. Both normalize and pad by `config.preprocess`."""
         from jaxcv.data.detection import make_detection_transform
 
         aug = self.config.data.augment
         jitter = aug.scale_jitter
+        pre = self.config.get("preprocess") or {}
+        pad = float(pre.get("pad_value", -1.0))
+        if train and float(aug.get("mosaic", 0.0)) > 0:
+            from jaxcv.data.mosaic import make_mosaic_transform
+
+            kwargs = {} if aug.photometric else {"hsv": (0.0, 0.0, 0.0)}
+            return make_mosaic_transform(
+                self.source("train"), self.image_size, int(self.config.data.max_boxes),
+                prob=float(aug.mosaic), scale=tuple(jitter) if jitter else (1.0, 1.0), hflip=bool(aug.hflip),
+                fill=round(pad) if pad >= 0 else 114, normalize=self.normalize,
+                close_epoch=self.mosaic_close_epoch(), **kwargs)
         return make_detection_transform(
             self.image_size,
             int(self.config.data.max_boxes),
@@ -87,6 +137,8 @@ class DetectionTask(Task):
             hflip=bool(aug.hflip),
             scale_jitter=tuple(jitter) if jitter else None,
             photometric=bool(aug.photometric),
+            normalize=self.normalize,
+            pad_value=pad,
         )
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -103,7 +155,7 @@ class DetectionTask(Task):
         return self.head.decode(outputs)
 
     # ---- prediction (jaxcv.predict) ----------------------------------------------------------------
-    prediction_json = "detections.json"  # COCO results (xywh, original pixels) with "file"
+    prediction_json = "detections.json"  # COCO results (xywh, original pixels) with "file" and "class" (its name)
 
     def _prediction_classes(self) -> tuple[np.ndarray, list[str]]:
         """`class_space("train")`, computed once (it may walk the COCO ground truth) for every frame."""
@@ -149,7 +201,12 @@ class DetectionTask(Task):
         cat_ids, _ = self._prediction_classes()
         found = detections_to_coco_results([index], result["boxes"][None], result["scores"][None],
                                            result["labels"][None], np.ones((1, len(result["labels"])), bool), cat_ids)
-        return [{"file": str(path), **r} for r in found]
+        return [{"file": str(path), **r, "class": name} for r, name in zip(found, result["class_names"], strict=True)]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 def label_to_category_id(source: Any) -> np.ndarray:
     """Contiguous label -> dataset category id (the source's `category_ids`, else the sorted ids of
@@ -168,6 +225,7 @@ class DetectionEvaluator(Evaluator):
     def __init__(self, task: DetectionTask, split: str = "validation"):
         self.gt = task.source(split).coco_ground_truth()
         self.cat_ids, self.class_names = task.class_space(split)
+        self.normalize = task.normalize
         self.results: list[dict[str, Any]] = []
         self.samples: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
 
@@ -178,8 +236,11 @@ class DetectionEvaluator(Evaluator):
             np.asarray(preds["labels"])[real], np.asarray(preds["valid"])[real], self.cat_ids,
             scales=np.asarray(batch["scale"])[real], clip_hw=np.asarray(batch["orig_size"])[real],
         )
-        for b in real[: max(0, 16 - len(self.samples))]:
-            self.samples.append((batch["image"][b], {k: np.asarray(preds[k][b]) for k in preds}))
+        from jaxcv.data.detection import from_model_input
+
+        for b in real[: max(0, 16 - len(self.samples))]:  # as uint8: the gallery draws them as the model saw them
+            self.samples.append((from_model_input(batch["image"][b], self.normalize),
+                                 {k: np.asarray(preds[k][b]) for k in preds}))
 
     def result(self) -> dict[str, float]:
         stats = coco_evaluate(self.gt, self.results)
