@@ -94,4 +94,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from jaxcv import runtime as _runtime
+
+    _runtime.configure()  # the CPU settings jaxcv's entry points apply (import jaxcv alone changes nothing)
     main()

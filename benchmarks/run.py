@@ -419,4 +419,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    runtime.configure()  # the CPU settings jaxcv's entry points apply (import jaxcv alone changes nothing)
     main()

@@ -1,7 +1,6 @@
 """jaxcv: JAX/Flax computer vision for research (classification, detection, segmentation)."""
 
-from jaxcv import runtime as _runtime
-
 __version__ = "0.1.0"
 
-_runtime.configure()  # XLA:CPU fusion flags and allocator settings, before JAX starts a backend
+# Importing jaxcv changes nothing process-wide: the command-line entry points apply `jaxcv.runtime`'s XLA:CPU
+# flags and allocator settings; notebooks and libraries opt in with `jaxcv.runtime.configure()`.

@@ -145,6 +145,9 @@ def load_converted(directory: str | Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from jaxcv import runtime
+
+    runtime.configure()  # the entry points' CPU settings (import jaxcv alone changes nothing)
     import jaxcv.models  # noqa: F401  (registers every importer)
     from jaxcv.models.backbones import IMPORTERS
 

@@ -90,5 +90,14 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """`python -m jaxcv.main` (and the `jaxcv-train` script): the CPU settings (`jaxcv.runtime.configure`) before
+    JAX starts its backend, then absl's flag parsing and `main`."""
+    from jaxcv import runtime
+
+    runtime.configure()
     app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

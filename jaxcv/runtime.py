@@ -1,4 +1,8 @@
-"""Process-wide CPU settings applied when jaxcv is imported (`JAXCV_CPU_TUNING=0` turns them off).
+"""Process-wide CPU settings, opt-in: `configure()` applies them. jaxcv's entry points call it first
+(`python -m jaxcv.main` / `jaxcv-train`, `jaxcv.show`, `jaxcv.explain`, `jaxcv.sweep`, `jaxcv.convert`,
+`jaxcv.sam`, and `benchmarks/`); `import jaxcv` alone changes nothing, as a library should not (big_vision sets
+its flags in its trainer). In a notebook, call `jaxcv.runtime.configure()` before the first JAX computation.
+`JAXCV_CPU_TUNING=0` turns it off everywhere.
 
 Why (the measurements are in benchmarks/README.md, "Where the time went"):
 
@@ -45,6 +49,7 @@ def start_cli(argv: list[str]) -> None:
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    configure()
     if not any(a.startswith(("-v", "--v", "--verbosity")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)  # orbax INFO lines would drown the output
     use_compilation_cache()

@@ -419,6 +419,9 @@ def write_results(workdir: str | Path, metrics: Sequence[str] | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from jaxcv import runtime
+
+    runtime.configure()  # the entry points' CPU settings (import jaxcv alone changes nothing)
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:

@@ -13,6 +13,10 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from jaxcv import runtime  # noqa: E402
+
+runtime.configure()  # the entry points' CPU settings, so in-process tests compute as the commands do
+
 from jaxcv.train import jit_full_opt as jit_opt  # noqa: E402, F401  (tests' model inits, compiled at full opt.)
 
 ROOT = Path(__file__).resolve().parents[1]

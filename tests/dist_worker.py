@@ -59,6 +59,9 @@ def run(spec: str, steps: int, out: str | Path, overrides: list[str]) -> dict:
 
 
 def main() -> None:
+    from jaxcv import runtime
+
+    runtime.configure()  # as the entry points (and the in-process tests) compute
     spec, steps, out, num_processes, process_id, port = sys.argv[1:7]
     num_processes, process_id = int(num_processes), int(process_id)
     if num_processes > 1:

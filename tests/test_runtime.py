@@ -1,4 +1,5 @@
-"""jaxcv.runtime: the process-wide CPU settings made on import (XLA flags, glibc malloc)."""
+"""jaxcv.runtime: the process-wide CPU settings (XLA flags, glibc malloc) that `configure()` makes, which the
+entry points call and `import jaxcv` alone does not."""
 
 import json
 import os
@@ -14,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 YNN = f"{runtime.YNN_FLAG}={runtime.YNN_FUSIONS}"
 PROBE = """
 import json, os, resource
-import jaxcv
+import jaxcv.runtime
+jaxcv.runtime.configure()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: x * 2.0 + 1.0)  # a fresh 64 MB output per call
 x = jnp.ones((4096, 4096))
@@ -61,3 +63,21 @@ def test_user_flag_x64_and_opt_out_are_respected():
 def test_jaxlib_version_gate(monkeypatch, version, expected):
     monkeypatch.setattr(runtime.metadata, "version", lambda name: version)
     assert runtime._jaxlib_at_least(0, 10) is expected
+
+
+def test_import_alone_changes_nothing_and_entry_points_configure(tmp_path):
+    """A library import leaves XLA_FLAGS and malloc as they were; `python -m jaxcv.main` applies the settings
+    (its `run`), as do the other command-line tools through `start_cli` / their `main`."""
+    code = ("import os, jaxcv, jaxcv.train, jaxcv.runtime, json; "
+            "print(json.dumps({'flags': os.environ.get('XLA_FLAGS', ''), 'applied': jaxcv.runtime.applied}))")
+    e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64", "JAXCV_CPU_TUNING")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"flags": "", "applied": {}}
+    code = ("import sys, json, jaxcv.main, jaxcv.runtime; sys.argv = ['jaxcv.main', '--helpshort']\n"
+            "try:\n    jaxcv.main.run()\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(jaxcv.runtime.applied))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    applied = json.loads(out.stdout.strip().splitlines()[-1])
+    assert applied.get("xla_flags") == YNN or not runtime._jaxlib_at_least(0, 10), applied

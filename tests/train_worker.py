@@ -16,11 +16,13 @@ from flax import traverse_util
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxcv import checkpoint as ckpt  # noqa: E402
+from jaxcv import runtime  # noqa: E402
 from jaxcv.config import load_config_file, parse_override  # noqa: E402
 from jaxcv.train import TRACE_COUNTS, Trainer, _to_global  # noqa: E402
 
 
 def main() -> None:
+    runtime.configure()  # as the entry points (and the in-process tests) compute
     spec, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     config = load_config_file(spec, dict(parse_override(kv) for kv in sys.argv[4:]))
     with tempfile.TemporaryDirectory() as workdir:

@@ -290,6 +290,9 @@ def run_auto(predictor: Any, image: np.ndarray, args: argparse.Namespace) -> tup
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the CLI; returns what it wrote to OUT/result.json. Bad arguments exit via `parser.error` (status 2)."""
+    from jaxcv import runtime
+
+    runtime.configure()  # the entry points' CPU settings (import jaxcv alone changes nothing)
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
