@@ -382,6 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             out.mkdir(exist_ok=True)
             (out / "metrics.json").write_text(json.dumps(jsonable(eval_metrics), indent=2))
             evaluator.save(out)
+            writer.write_image_files(step, out, "eval")  # the evaluator's pictures, also in TensorBoard
             _plot_curves(workdir)
             print("[jaxcv] final eval: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()
                                                     if isinstance(v, float)), flush=True)

@@ -22,8 +22,6 @@ from jaxcv.train import jit_full_opt as jit_opt  # noqa: E402, F401  (tests' mod
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 
-# TensorBoard writing imports TensorFlow (seconds per run); the one test that checks it turns it on.
-os.environ.setdefault("JAXCV_TENSORBOARD", "0")
 # The persistent compilation cache of this process and of the tests' subprocesses (JAXCV_COMPILATION_CACHE).
 TEST_CACHE = os.environ.get("JAXCV_TEST_CACHE", str(ROOT / ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", TEST_CACHE)

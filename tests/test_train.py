@@ -44,7 +44,10 @@ def test_classification_learns_and_writes_outputs(tmp_path: Path, monkeypatch):
     for f in ("config.json", "metrics.jsonl", "eval/metrics.json", "eval/confusion_matrix.png",
               "eval/confusion_matrix.json", "curves.png"):
         assert (tmp_path / f).exists(), f
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0}).Reload().Tags()["tensors"]
+    assert {"train/loss", "eval/accuracy", "eval/confusion_matrix", "_hparams_/session_start_info"} <= set(tags), tags
     assert json.loads((tmp_path / "eval/metrics.json").read_text())["accuracy"] == pytest.approx(metrics["accuracy"])
     assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 40
 
