@@ -19,10 +19,46 @@ import ml_collections
 from jaxcv.ops.conv import CONV_IMPLS
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped in `jaxcv/configs/`."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.py") if not p.name.startswith("_"))
+
+
+def resolve_config_path(spec: str | Path) -> str:
+    """`PATH[:ARG]` or `NAME[:ARG]` -> `PATH[:ARG]`: an existing file as it is, else a shipped config's name
+    (`shapes_retinanet`, also `shapes_retinanet.py` or `configs/shapes_retinanet.py` outside a clone) ->
+    its file in the installed package. Anything else is a FileNotFoundError listing the shipped names."""
+    path, sep, arg = str(spec).partition(":")
+    if Path(path).is_file():
+        return str(spec)
+    name = Path(path).name.removesuffix(".py")
+    candidate = PACKAGED_CONFIGS / f"{name}.py"
+    if Path(path).parent in (Path("."), Path("configs")) and candidate.is_file():
+        return f"{candidate}{sep}{arg}"
+    raise FileNotFoundError(f"config {path!r}: no such file and no shipped config of that name; shipped: "
+                            f"{', '.join(packaged_configs())}")
+
+
+def resolve_config_argv(argv: Sequence[str]) -> list[str]:
+    """Command-line arguments with `--config=NAME[:ARG]` / `--config NAME[:ARG]` resolved to a file
+    (`resolve_config_path`), before absl / ml_collections read them (they take a path)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a.startswith("--config=") and not a.startswith("--config=-"):
+            out[i] = "--config=" + resolve_config_path(a.split("=", 1)[1])
+        elif a == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_config_path(out[i + 1])
+    return out
+
+
 def load_config_file(spec: str | Path, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
-    """`configs/NAME.py[:ARG]` -> the file's `get_config(ARG)`, as `--config=` reads it, with
-    `overrides` ({"data.num_train": 64, ...}) set on existing keys (a new key is a KeyError)."""
-    path, _, arg = str(spec).partition(":")
+    """`configs/NAME.py[:ARG]` (or a shipped config's `NAME[:ARG]`) -> the file's `get_config(ARG)`, as
+    `--config=` reads it, with `overrides` ({"data.num_train": 64, ...}) set on existing keys (a new key is a
+    KeyError)."""
+    path, _, arg = resolve_config_path(spec).partition(":")
     module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

@@ -94,8 +94,14 @@ def run() -> None:
     """`python -m jaxcv.main` (and the `jaxcv-train` script): the CPU settings (`jaxcv.runtime.configure`) before
     JAX starts its backend, then absl's flag parsing and `main`."""
     from jaxcv import runtime
+    from jaxcv.config import resolve_config_argv
 
     runtime.configure()
+    try:
+        sys.argv = resolve_config_argv(sys.argv)
+    except FileNotFoundError as e:
+        print(f"[jaxcv] {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -35,11 +35,18 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["workdir"])
 
 
-if __name__ == "__main__":
-    import os
+def run() -> None:
+    """The command line (`python -m jaxcv.explain`, the `jaxcv-explain` script); `--config=NAME` may name a shipped config."""
+    import sys
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import app
 
+    from jaxcv.config import resolve_config_argv
+
     _define_flags()
+    sys.argv = resolve_config_argv(sys.argv)
     app.run(_main)
+
+
+if __name__ == "__main__":
+    run()

@@ -345,5 +345,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `jaxcv-sam` script (`main`'s result is in OUT/result.json)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()
