@@ -178,3 +178,11 @@ class RetinaNetHead(AnchorHead):
                              f"stride {stride} (anchors.levels={levels})")
         if len(self.config.anchors.sizes) != len(levels):
             _fail("anchors.sizes", tuple(self.config.anchors.sizes), f"needs one size per level of {levels}")
+        if self.config.model.name == "retinanet":  # the anchors must sit on the levels the model produces
+            from jaxcv.models import create_model
+
+            kwargs = {k: v for k, v in self.config.model.to_dict().items() if k != "name"}
+            produced = create_model("retinanet", **kwargs).pyramid_levels()
+            if produced != levels:
+                _fail("anchors.levels", levels, f"the model's pyramid (model.fpn_levels, model.extra_blocks) has "
+                                                f"levels {produced} (log2 strides); set anchors.levels to them")

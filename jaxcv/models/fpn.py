@@ -1,8 +1,11 @@
-"""Feature Pyramid Network (NHWC) matching torchvision's `FeaturePyramidNetwork` + `LastLevelP6P7`.
+"""Feature Pyramid Network (NHWC) matching torchvision's `FeaturePyramidNetwork` with its extra blocks.
 
 1x1 lateral convs (`inner_blocks_i`) and 3x3 output convs (`layer_blocks_i`), both with bias and
 kaiming-uniform(a=1) init, top-down pathway by nearest upsampling to the lateral's size with torch's
-legacy 'nearest' index rule, and extra levels P6 (3x3/2) and P7 (3x3/2 on relu(P6)).
+legacy 'nearest' index rule (the identity when two inputs have the same size, as MobileNetV3's two stride-32
+maps), then the extra levels of `extra_blocks`: "p6p7" (`LastLevelP6P7`: P6 3x3/2, P7 3x3/2 on relu(P6)),
+"maxpool" (`LastLevelMaxPool`: `max_pool2d(kernel 1, stride 2)` of the last output, i.e. its even rows and
+columns, no parameters) or "none".
 """
 
 from __future__ import annotations
@@ -46,17 +49,30 @@ def resize_nearest(x: Array, size: tuple[int, int]) -> Array:
     return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
 
 
+EXTRA_BLOCKS = ("p6p7", "maxpool", "none")
+
+
+def extra_strides(last_stride: int, extra_blocks: str) -> tuple[int, ...]:
+    """Strides of the levels `extra_blocks` appends after an FPN level of stride `last_stride`."""
+    if extra_blocks not in EXTRA_BLOCKS:
+        raise ValueError(f"extra_blocks must be one of {', '.join(EXTRA_BLOCKS)}; got {extra_blocks!r}")
+    return {"p6p7": (2 * last_stride, 4 * last_stride), "maxpool": (2 * last_stride,), "none": ()}[extra_blocks]
+
+
 class FPN(nn.Module):
-    """`__call__(features: [C3, C4, C5] NHWC) -> [P3, P4, P5, P6, P7]`, each [B, h_l, w_l, out_channels].
+    """`__call__(features: [C_a, ..., C_z] NHWC) -> [P_a, ..., P_z, extra levels]`, each [B, h_l, w_l,
+    out_channels]: with the default "p6p7" and inputs [C3, C4, C5], [P3, P4, P5, P6, P7]; with "maxpool"
+    one level more than the inputs (torchvision's "pool"), of size ceil(h / 2) of the last.
 
     `p6_from="p5"` is torchvision's RetinaNet (LastLevelP6P7(256, 256) takes P5); `"c5"` takes C5 as
-    in the RetinaNet paper, detectron2 and torchvision's retinanet_resnet50_fpn_v2.
-    `extra_levels=False` returns only the FPN levels on the inputs.
+    in the RetinaNet paper, detectron2 and torchvision's retinanet_resnet50_fpn_v2 (only for "p6p7").
+    `extra_levels=False` returns only the FPN levels on the inputs (as `extra_blocks="none"`).
     """
 
     out_channels: int = 256
     p6_from: str = "p5"  # "p5" | "c5"
     extra_levels: bool = True
+    extra_blocks: str = "p6p7"  # "p6p7" | "maxpool" | "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -78,6 +94,7 @@ class FPN(nn.Module):
     def __call__(self, features: Sequence[Array]) -> list[Array]:
         if self.p6_from not in ("p5", "c5"):
             raise ValueError(f"p6_from must be 'p5' or 'c5', got {self.p6_from!r}")
+        extra_strides(1, self.extra_blocks)  # checks the name
         n = len(features)
         last_inner = self._conv(1, 1, f"inner_blocks_{n - 1}")(features[-1])
         results = [self._conv(3, 1, f"layer_blocks_{n - 1}")(last_inner)]
@@ -85,9 +102,11 @@ class FPN(nn.Module):
             lateral = self._conv(1, 1, f"inner_blocks_{i}")(features[i])
             last_inner = lateral + resize_nearest(last_inner, lateral.shape[1:3])
             results.insert(0, self._conv(3, 1, f"layer_blocks_{i}")(last_inner))
-        if self.extra_levels:
-            src = results[-1] if self.p6_from == "p5" else features[-1]
-            p6 = self._conv(3, 2, "p6")(src)
-            p7 = self._conv(3, 2, "p7")(nn.relu(p6))
-            results += [p6, p7]
-        return results
+        if not self.extra_levels or self.extra_blocks == "none":
+            return results
+        if self.extra_blocks == "maxpool":  # F.max_pool2d(P_last, 1, 2, 0): a 1x1 window keeps every other pixel
+            return [*results, results[-1][:, ::2, ::2, :]]
+        src = results[-1] if self.p6_from == "p5" else features[-1]
+        p6 = self._conv(3, 2, "p6")(src)
+        p7 = self._conv(3, 2, "p7")(nn.relu(p6))
+        return [*results, p6, p7]

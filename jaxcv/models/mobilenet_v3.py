@@ -28,6 +28,14 @@ of `features` (576 / 960 channels). With `dilated=True` the last stage stays at 
 (`feature_info` says so). With `num_classes > 0`: float32 `logits` [B, num_classes] and `pre_logits` = the pooled
 [B, 576 / 960] vector the classifier reads.
 
+Detection stages: `stage_outputs=True` also returns `stage0`..`stage5`, the outputs of the `features` modules that
+torchvision's `_mobilenet_extractor` (and LR-ASPP) pick: `stage_indices` = [0] + the blocks with a stride-2 config
+(`_is_cn`) + [last] (large: features 0, 2, 4, 7, 13, 16; small: 0, 1, 2, 4, 9, 12). A strided block *starts* a
+stage, so `stage4` (large: features.13, 160 channels) already has stride 32, as `stage5` (`C5`, 960): the two maps
+torchvision's MobileNetV3-FPN detectors read (`returned_layers = [num_stages - 2, num_stages - 1]`).
+`stage_info()` declares them (`{}` without `stage_outputs`) as `feature_info()` does the levels (dilated: the last
+stage at stride 16).
+
 From-scratch init as torchvision: convs kaiming-normal (fan_out) with zero bias, BN scale 1 bias 0, Linear
 N(0, 0.01) with zero bias.
 
@@ -196,6 +204,8 @@ class MobileNetV3(nn.Module):
     param_dtype: Dtype = jnp.float32
     # flax momentum of the running statistics: 0.99 is torchvision's 0.01; short from-scratch runs need a faster one
     bn_momentum: float = 0.99
+    # also return torchvision's detection stage outputs `stage0`..`stage5` (see the module docstring)
+    stage_outputs: bool = False
 
     @nn.nowrap
     def _layout(self) -> tuple[tuple[BlockConfig, ...], int, list[tuple[int, int, int]]]:
@@ -215,23 +225,49 @@ class MobileNetV3(nn.Module):
         """C1..C5 at strides 2..32 (`dilated=True`: the last stage's C5 at stride 16)."""
         return {f"C{k}": Level(ch, s) for k, (_, s, ch) in enumerate(self._layout()[2], start=1)}
 
+    @nn.nowrap
+    def _stages(self) -> list[tuple[int, int, int]]:
+        """[(features index, stride, channels)] of torchvision's `stage_indices`: the stem, every block whose
+        config strides (`_is_cn`, a dilated one included, which keeps the stride), and the last conv."""
+        cfgs, _, _ = self._layout()
+        stride = 2
+        stages = [(0, stride, make_divisible(16 * self.width_mult))]
+        for i, c in enumerate(cfgs, start=1):
+            width = make_divisible(c.out_channels * self.width_mult)
+            if c.stride > 1:
+                stride *= 1 if c.dilation > 1 else c.stride
+                stages.append((i, stride, width))
+        stages.append((len(cfgs) + 1, stride, 6 * width))
+        return stages
+
+    @nn.nowrap
+    def stage_info(self) -> dict[str, Level]:
+        """`stage0`..`stage5` -> Level(channels, stride) of torchvision's stage outputs: the extra maps the module
+        returns, so empty unless `stage_outputs=True`."""
+        if not self.stage_outputs:
+            return {}
+        return {f"stage{k}": Level(ch, s) for k, (_, s, ch) in enumerate(self._stages())}
+
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
         cfgs, last, ends = self._layout()
-        level_of = {i: f"C{k}" for k, (i, _, _) in enumerate(ends, start=1)}
+        names: dict[int, list[str]] = {}
+        for k, (i, _, _) in enumerate(ends, start=1):
+            names.setdefault(i, []).append(f"C{k}")
+        if self.stage_outputs:
+            for k, (i, _, _) in enumerate(self._stages()):
+                names.setdefault(i, []).append(f"stage{k}")
         out: dict[str, Array] = {}
         x = jnp.asarray(x, self.dtype)
         x = _conv_bn_act(self, x, make_divisible(16 * self.width_mult), 3, "features_0", train, "HS", stride=2)
-        if 0 in level_of:
-            out[level_of[0]] = x
+        out.update(dict.fromkeys(names.get(0, ()), x))
         for i, c in enumerate(cfgs, start=1):
             x = InvertedResidual(c, self.width_mult, self.dtype, self.param_dtype, self.bn_momentum,
                                  name=f"features_{i}")(x, train)
-            if i in level_of:
-                out[level_of[i]] = x
+            out.update(dict.fromkeys(names.get(i, ()), x))
         n = len(cfgs) + 1
         x = _conv_bn_act(self, x, 6 * x.shape[-1], 1, f"features_{n}", train, "HS")
-        out[level_of[n]] = x
+        out.update(dict.fromkeys(names[n], x))
         if self.num_classes > 0:
             pooled = jnp.mean(x.astype(output_dtype(self.dtype)), axis=(1, 2))  # AdaptiveAvgPool2d(1) + flatten
             out["pre_logits"] = pooled
