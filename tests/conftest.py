@@ -72,6 +72,9 @@ LONG_TESTS = {
     "test_segmentation_predict_writes_indexed_mask_and_overlay": 25,
     "test_two_processes_train_like_one": 25,
     "test_sigterm_to_one_process_stops_both_at_the_same_step": 20,
+    "test_wheel_installs_and_runs_the_main_job_outside_the_repo": 60,
+    "test_finetuning_beats_zero_shot": 60,
+    "test_config_trains_two_steps": 40,
 }
 
 
@@ -128,3 +131,16 @@ def assert_close_rel(actual, expected, rtol: float = 1e-4, name: str = "") -> fl
     err = float(np.max(np.abs(a - e))) / scale if e.size else 0.0
     assert err <= rtol, f"{name}: max abs error {err * scale:.3g} = {err:.3g} x max|ref| ({scale:.3g}) > {rtol}"
     return err
+
+
+TFDS_METADATA = ROOT / "tests" / "data" / "tfds_metadata"
+
+
+def mock_tfds(num_examples: int, **kwargs):
+    """`tfds.testing.mock_data` with the saved metadata of tests/data/tfds_metadata (coco/2017's:
+    its tfds code needs TensorFlow, which only the `tfds-build` extra installs, so without it the
+    dataset is opened from these files as from a prepared one). Other datasets are mocked from their
+    code as by default (the default policy, AUTO, uses the files only where they exist)."""
+    import tensorflow_datasets as tfds
+
+    return tfds.testing.mock_data(num_examples=num_examples, data_dir=str(TFDS_METADATA), **kwargs)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import mock_tfds
 from PIL import Image
 
 from jaxcv.config import load_config_file, validate_config
@@ -83,7 +84,7 @@ def test_config_builds_model_and_pipeline(path: Path, tmp_path: Path):
             config.data.valid_list = "valid.txt"
             config.data.void_class = "Void"
     validate_config(config)  # includes: every config.data key is one its dataset reads
-    with tfds.testing.mock_data(num_examples=4, **mock_kwargs(config)):
+    with mock_tfds(4, **mock_kwargs(config)):  # coco/2017 from its saved metadata
         task = create_task(config)
         task.validate()
         task.evaluator_specs()

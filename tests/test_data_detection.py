@@ -420,9 +420,11 @@ def test_coco_json_unreadable_json_and_images_name_the_file(tmp_path: Path):
 @pytest.mark.parametrize("name, tfds_name", [("voc", "voc/2007"), ("coco", "coco/2017")])
 def test_tfds_mock_sources_survive_and_yield_valid_boxes(name: str, tfds_name: str):
     import tensorflow_datasets as tfds
+    from conftest import mock_tfds
 
     cfg = ml_collections.ConfigDict({"tfds_name": tfds_name})
-    with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+    policy = tfds.testing.MockPolicy.USE_CODE if name == "voc" else tfds.testing.MockPolicy.USE_FILES
+    with mock_tfds(4, policy=policy):  # coco: its saved metadata, readable without TensorFlow
         src = DATASETS.get(name)(cfg, "validation")
         assert src.parts == [(tfds_name, "test" if name == "voc" else "validation")]
         train = DATASETS.get(name)(ml_collections.ConfigDict({"tfds_name": tfds_name, "extra_train": tfds_name}),
@@ -474,4 +476,78 @@ def test_tfds_missing_data_says_how_to_prepare(tmp_path: Path):
         msg = str(e.value)
         assert f"tfds build {tfds_name} --file_format=array_record --data_dir={tmp_path}" in msg
         assert "Traceback" not in msg and len(msg) < 1200
+        assert "pip install -e '.[tfds-build]'" in msg  # `tfds build` needs TensorFlow
     assert not any(tmp_path.iterdir())  # nothing was downloaded or prepared
+
+
+def write_prepared_coco(data_dir: Path, splits: dict[str, list[dict]]) -> None:
+    """coco/2017 in `data_dir` as `tfds build coco/2017 --file_format=array_record` leaves it: the
+    saved metadata (tests/data/tfds_metadata) and one array_record shard per split, its examples
+    serialized by the metadata's features (images given as JPEG bytes, so TensorFlow is not needed)."""
+    import tensorflow_datasets as tfds
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from conftest import TFDS_METADATA
+
+    (src,) = (TFDS_METADATA / "coco" / "2017").iterdir()
+    out = data_dir / "coco" / "2017" / src.name
+    out.mkdir(parents=True)
+    (out / "features.json").write_text((src / "features.json").read_text())
+    features = tfds.features.FeaturesDict.from_config(str(out))
+    info = json.loads((src / "dataset_info.json").read_text())
+    info["splits"] = []
+    for split, examples in splits.items():
+        writer = ArrayRecordWriter(str(out / f"coco-{split}.array_record-00000-of-00001"), "group_size:1")
+        size = 0
+        for ex in examples:
+            jpeg = io.BytesIO()
+            Image.fromarray(ex["image"]).save(jpeg, "JPEG", quality=100)
+            record = features.serialize_example({**ex, "image": io.BytesIO(jpeg.getvalue())})
+            writer.write(record)
+            size += len(record)
+        writer.close()
+        info["splits"].append({"name": split, "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+                               "numBytes": str(size), "shardLengths": [str(len(examples))]})
+    (out / "dataset_info.json").write_text(json.dumps(info))
+
+
+def coco_example(image_id: int, hw: tuple[int, int], bbox: list, label: list, is_crowd: list) -> dict:
+    """One coco/2017 tfds record: `bbox` normalized [ymin, xmin, ymax, xmax] rows, `label` 0..79."""
+    n = len(label)
+    return {"image": np.full((*hw, 3), 90 + image_id % 100, np.uint8), "image/filename": f"{image_id:012d}.jpg",
+            "image/id": image_id,
+            "objects": {"id": np.arange(n) + 10 * image_id, "area": np.arange(n) + 100, "label": np.array(label),
+                        "bbox": np.array(bbox, np.float32).reshape(-1, 4), "is_crowd": np.array(is_crowd, bool)}}
+
+
+@pytest.mark.parametrize("without_code", [False, True], ids=["code", "no_code"])
+def test_tfds_prepared_coco_reads_with_and_without_its_dataset_code(tmp_path: Path, monkeypatch, without_code):
+    """Real array_record coco/2017 files through the coco source. tfds' coco code needs TensorFlow to be
+    set up (`tf.int64` in `_info`): without it (`no_code` pretends so; without TensorFlow both cases do) the
+    prepared dataset is read from its saved metadata, and gives the same examples."""
+    if without_code:
+        from tensorflow_datasets.object_detection import coco
+
+        def missing_tensorflow(self):
+            raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+
+        monkeypatch.setattr(coco.Coco, "_info", missing_tensorflow)
+    write_prepared_coco(tmp_path, {
+        "train": [coco_example(7, (30, 40), [[0.1, 0.25, 0.5, 0.75], [0.0, 0.0, 1.0, 1.0]], [0, 79], [False, True]),
+                  coco_example(9, (20, 50), [], [], [])],
+        "validation": [coco_example(139, (40, 20), [[0.5, 0.5, 0.75, 1.0]], [11], [False])],
+    })
+    cfg = ml_collections.ConfigDict({"tfds_name": "coco/2017", "tfds_data_dir": str(tmp_path)})
+    train, val = DATASETS.get("coco")(cfg, "train"), DATASETS.get("coco")(cfg, "validation")
+    assert len(train) == 2 and len(val) == 1 and train.num_classes == 80 and train.category_ids[-1] == 90
+    ex = train[0]
+    assert ex["image"].shape == (30, 40, 3) and ex["image_id"] == 7 and np.abs(ex["image"] - 97.0).max() <= 2
+    np.testing.assert_allclose(ex["boxes"], [[10, 3, 30, 15], [0, 0, 40, 30]], atol=1e-4)  # xyxy pixels
+    assert ex["labels"].tolist() == [0, 79] and ex["iscrowd"].tolist() == [False, True]
+    assert ex["area"].tolist() == [100, 101]
+    assert train[1]["image"].shape == (20, 50, 3) and train[1]["boxes"].shape == (0, 4)
+    ex = val[0]
+    assert ex["image_id"] == 139 and ex["labels"].tolist() == [11]
+    np.testing.assert_allclose(ex["boxes"], [[10, 20, 20, 30]], atol=1e-4)
+    gt = val.coco_ground_truth()
+    assert [a["category_id"] for a in gt["annotations"]] == [13]  # class 11 is COCO category 13
+    assert train.dropped == 0 and val.dropped == 0

@@ -233,8 +233,7 @@ def test_eval_needs_every_variable_from_init_from():
 def test_eval_converted_torchvision_retinanet_via_init_from(tmp_path: Path):
     """The REPRODUCING.md path on the COCO smoke config (R50-FPN, 91 classes, random fixture weights,
     COCO mocked by tfds): converted weights load completely and the evaluation writes its results."""
-    import tensorflow_datasets as tfds
-    from conftest import fixture_path
+    from conftest import fixture_path, mock_tfds
 
     from jaxcv import modes
     from jaxcv.convert import convert
@@ -244,7 +243,7 @@ def test_eval_converted_torchvision_retinanet_via_init_from(tmp_path: Path):
     with c.unlocked():
         c.model.backbone, c.model.fpn_channels = "resnet50", 256
         c.init_from, c.init_prefix, c.data.label_map = str(weights), "", "category_id"
-    with tfds.testing.mock_data(num_examples=2):
+    with mock_tfds(2):
         metrics = modes.evaluate_only(c, tmp_path / "run")
     assert set(metrics) >= {"AP", "AP50"} and all(math.isfinite(v) for v in metrics.values())
     dets = json.loads((tmp_path / "run" / "eval" / "detections.json").read_text())

@@ -108,11 +108,46 @@ def tfds_split(data_config: Any, name: str, split: str) -> str:
     return cfg_get(data_config, "eval_split", val)
 
 
+def _missing_tensorflow(error: BaseException | None) -> bool:
+    """Whether `error`, or an exception it came from, is the failed import of TensorFlow.
+
+    Some tfds dataset code needs TensorFlow just to be set up (coco's `_info` reads `tf.int64`), and
+    jaxcv installs TensorFlow only with the `tfds-build` extra. Only this import error is matched, so
+    every other failure still reports the dataset as not prepared.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ImportError) and (
+            error.name == "tensorflow" or "No module named 'tensorflow'" in str(error)
+        ):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _not_prepared(name: str, split: str, data_dir: str | None, reason: str) -> DataError:
+    """The DataError for a tfds split that cannot be read: `reason`, and the command preparing it."""
+    where = f" --data_dir={data_dir}" if data_dir else ""
+    return DataError(
+        f"tfds dataset {name!r} split {split!r} is not available for random access"
+        f"{' in ' + str(data_dir) if data_dir else ''} ({reason}). Prepare it once as "
+        f"array_record: `tfds build {name.split(':')[0]} --file_format=array_record{where}` (or "
+        f"`tfds.builder({name!r}, file_format='array_record').download_and_prepare()`), which needs "
+        "TensorFlow: `pip install -e '.[tfds-build]'`; data already prepared as TFRecord can be "
+        "converted with `tfds convert_format --out_file_format=array_record`."
+    )
+
+
 def open_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[Any, Any]:
     """Random-access TFDS split via `tfds.data_source` (array_record files; no download).
 
-    Returns `(data_source, dataset_info)`. A dataset that is not prepared (or prepared only as
-    TFRecord) raises DataError with the command that prepares it.
+    Returns `(data_source, dataset_info)`. When the dataset's code cannot be set up without
+    TensorFlow (coco), the prepared dataset is read from its saved metadata instead
+    (`dataset_info.json`, `features.json`): the builder tfds itself uses for datasets whose code is
+    absent (`read_only_builder.builder_from_files`, which finds the prepared version under `data_dir`).
+    A dataset that is not prepared (or prepared only as TFRecord) raises DataError with the command
+    that prepares it.
     """
     import tensorflow_datasets as tfds
 
@@ -120,18 +155,20 @@ def open_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[Any, 
         tfds.builder_cls(name.split(":")[0].split("/")[0])
     except Exception as e:  # DatasetNotFoundError
         raise DataError(f"unknown tfds dataset {name!r}") from e
+    builder = None
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:
-        where = f" --data_dir={data_dir}" if data_dir else ""
-        raise DataError(
-            f"tfds dataset {name!r} split {split!r} is not available for random access"
-            f"{' in ' + str(data_dir) if data_dir else ''} ({type(e).__name__}: {e}). Prepare it once as "
-            f"array_record: `tfds build {name.split(':')[0]} --file_format=array_record{where}` (or "
-            f"`tfds.builder({name!r}, file_format='array_record').download_and_prepare()`); data already "
-            "prepared as TFRecord can be converted with `tfds convert_format --out_file_format=array_record`."
-        ) from e
+        if not _missing_tensorflow(e):
+            raise _not_prepared(name, split, data_dir, f"{type(e).__name__}: {e}") from e
+        try:
+            builder = tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
+            source = builder.as_data_source(split)
+        except Exception as e_files:
+            first_line = (str(e_files).splitlines() or [""])[0]
+            reason = f"{type(e_files).__name__}: {first_line} Its tfds code needs TensorFlow, not installed"
+            raise _not_prepared(name, split, data_dir, reason) from e_files
     info = getattr(source, "dataset_info", None)
     if info is None:
-        info = tfds.builder(name, data_dir=data_dir).info
+        info = (builder or tfds.builder(name, data_dir=data_dir)).info
     return source, info

@@ -8,8 +8,10 @@ name whose train split is added, e.g. "voc/2012" for VOC 07+12), `data.train_spl
 `data.tfds_data_dir`.
 
 Why `data_source` only: array_record gives O(1) random access, which the resumable loader needs,
-and `tfds.testing.mock_data` mocks it (with the default and the USE_CODE policies), so the tests
-exercise the real code path offline. Data prepared as TFRecord is not read by materialising the
+and `tfds.testing.mock_data` mocks it (with the default and the USE_CODE policies; coco/2017, whose
+tfds code needs TensorFlow, with its saved metadata in tests/data/tfds_metadata), so the tests
+exercise the real code path offline. Without TensorFlow a prepared coco/2017 is read from the
+metadata saved beside it (`open_tfds`). Data prepared as TFRecord is not read by materialising the
 whole split in memory (COCO train would not fit); the DataError says how to convert it
 (`tfds convert_format --out_file_format=array_record`) or rebuild it. Missing data raises a DataError
 with the `tfds build` command, never a download attempt.
