@@ -18,7 +18,6 @@ import ml_collections
 
 from jaxcv.ops.conv import CONV_IMPLS
 
-
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
@@ -120,6 +119,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0  # 0 = only at the end
     c.checkpoint_every = 500
     c.checkpoint = ml_collections.ConfigDict({"keep": 2, "best_metric": "", "best_mode": "max"})
+    # Where else the scalars go (jaxcv.logs.MetricWriter): a Weights & Biases project ("" = none; `pip install wandb`)
+    c.logging = ml_collections.ConfigDict({"wandb_project": ""})
     c.optimizer = ml_collections.ConfigDict(
         {
             "name": "sgd",

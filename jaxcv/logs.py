@@ -1,4 +1,5 @@
-"""Run logs: `metrics.jsonl` (one JSON object per logged step), TensorBoard events, a progress line."""
+"""Run logs: `metrics.jsonl` (one JSON object per logged step), TensorBoard events, an optional Weights &
+Biases run, progress lines for training and evaluation, and `--profile_steps`' `jax.profiler` trace."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -152,21 +154,27 @@ class MetricWriter:
     which the trainer writes first) is logged as hparams, and `write_image_files` logs PNG files (the
     trainer: the evaluator's prediction galleries and confusion matrix, as `eval/<file stem>`). If the
     event files cannot be written the JSON log still is; `JAXCV_TENSORBOARD=0` turns TensorBoard off.
+
+    `wandb_project` (`config.logging.wandb_project`, "" = off) also sends the scalars to a Weights & Biases
+    run (`WandbWriter`) whose config is the flattened config.
     """
 
     def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool | None = None,
-                 hparams: Mapping[str, Any] | None = None):
+                 hparams: Mapping[str, Any] | None = None, wandb_project: str = ""):
         if tensorboard is None:
             tensorboard = os.environ.get("JAXCV_TENSORBOARD", "1") != "0"
         self.enabled = enabled
         self.workdir = Path(workdir)
         self.path = self.workdir / "metrics.jsonl"
         self.tb: TensorBoardWriter | None = None
+        self.wandb: WandbWriter | None = None
+        if enabled and hparams is None and (self.workdir / "config.json").exists():
+            hparams = json.loads((self.workdir / "config.json").read_text())
+        if enabled and wandb_project:
+            self.wandb = WandbWriter(wandb_project, self.workdir, flatten_config(hparams or {}))
         if enabled and tensorboard:
             try:
                 self.tb = TensorBoardWriter(self.workdir / "tb")
-                if hparams is None and (self.workdir / "config.json").exists():
-                    hparams = json.loads((self.workdir / "config.json").read_text())
                 if hparams:
                     self.tb.write_hparams(flatten_config(hparams))
                     self.tb.flush()
@@ -186,9 +194,12 @@ class MetricWriter:
         record = {"step": int(step), "split": split, **{k: v for k, v in scalars.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
+        tagged = {f"{split}/{k}": v for k, v in scalars.items() if math.isfinite(v)}
         if self.tb is not None:
-            self.tb.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items() if math.isfinite(v)})
+            self.tb.write_scalars(step, tagged)
             self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.write_scalars(step, tagged)
 
     def write_image_files(self, step: int, directory: str | Path, prefix: str) -> None:
         """Logs `directory/*.png` as images `prefix/<file stem>`, the encoded bytes as they are (a picture
@@ -209,6 +220,55 @@ class MetricWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
+            self.wandb = None
+
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def _import_wandb(project: str) -> Any:
+    """`import wandb`, only when a project is set: wandb is optional (not a dependency of jaxcv or its tests)."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ValueError(f"config.logging.wandb_project={project!r} needs the wandb package: pip install wandb") from e
+    return wandb
+
+
+def validate_logging(config: Mapping[str, Any], check_import: bool = True) -> None:
+    """`config.logging` before anything compiles: `wandb_project` is a string, and when set (and
+    `check_import`, i.e. on the process that logs) wandb is installed."""
+    project = (config.get("logging") or {}).get("wandb_project", "")
+    if not isinstance(project, str):
+        raise ValueError(f"config.logging.wandb_project={project!r}: must be a string (a wandb project; '' = off)")
+    if project and check_import:
+        _import_wandb(project)
+
+
+class WandbWriter:
+    """Scalars to a Weights & Biases run: `wandb.init(project, dir=workdir, config=..., id=..., resume="allow")`.
+
+    The run id is made once and kept in `workdir/wandb_run_id`, so a resumed run (same workdir) continues
+    the same wandb run, as wandb's resume docs describe; `wandb.log(..., step=)` takes the trainer's step.
+    """
+
+    def __init__(self, project: str, workdir: str | Path, config: Mapping[str, Any]):
+        self._wandb = _import_wandb(project)
+        workdir = Path(workdir)
+        id_file = workdir / WANDB_ID_FILE
+        if not id_file.exists():
+            id_file.write_text(uuid.uuid4().hex[:16] + "\n")
+        self.run_id = id_file.read_text().strip()
+        self.run = self._wandb.init(project=project, dir=str(workdir), config=dict(config), id=self.run_id,
+                                    resume="allow")
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.run.log(dict(scalars), step=int(step))
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
@@ -242,6 +302,112 @@ class Progress:
 
     def print(self, step: int, metrics: dict[str, float]) -> None:
         print(self.line(step, metrics), file=sys.stdout, flush=True)
+
+
+class EvalProgress:
+    """The evaluation's progress line, e.g. `[jaxcv] eval 12/40 batches, 3.1 batch/s, ETA 0:00:09`, on stdout as
+    training's `Progress`. The rate leaves out the first batch (it includes the eval step's compilation). On a
+    terminal the line is rewritten in place (carriage return) after each batch; in a log file or pipe a line
+    is printed every tenth of the batches and at the last, so logs stay short. `enabled=False` (processes
+    other than 0) prints nothing."""
+
+    def __init__(self, total: int, label: str = "eval", enabled: bool = True):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.t1: float | None = None  # when the first batch was done
+        self.every = max(1, -(-total // 10))
+        self.width = 0  # the longest line so far: a shorter one is padded to cover it on a terminal
+
+    def line(self, done: int) -> str:
+        now = time.perf_counter()
+        if self.t1 is None:
+            self.t1 = now
+        rate = (done - 1) / (now - self.t1) if done > 1 and now > self.t1 else float("nan")
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        if done >= self.total:
+            eta = 0.0
+        speed = f"{rate:.1f}" if math.isfinite(rate) else "?"
+        return f"[jaxcv] {self.label} {done}/{self.total} batches, {speed} batch/s, ETA {_fmt(eta)}"
+
+    def update(self, done: int) -> None:
+        """Called after batch `done` (1-based) is evaluated."""
+        if not self.enabled:
+            return
+        text = self.line(done)
+        last = done >= self.total
+        if getattr(sys.stdout, "isatty", lambda: False)():
+            self.width = max(self.width, len(text))
+            print("\r" + text.ljust(self.width), end="\n" if last else "", file=sys.stdout, flush=True)
+        elif last or done % self.every == 0:
+            print(text, file=sys.stdout, flush=True)
+
+
+PROFILE_FLAG = "--profile_steps"
+
+
+def parse_profile_steps(text: str | None, num_train_steps: int | None = None) -> tuple[int, int] | None:
+    """`--profile_steps=START:END` -> (START, END); "" or None -> None (no trace). Steps count as `state.step`
+    does: the trace starts before the step from START and stops once step END is computed, END - START steps.
+    Anything else (not "A:B", negative, END <= START, END past `num_train_steps`) is a ValueError naming the flag."""
+    if not text:
+        return None
+    start, sep, end = str(text).partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        a, b = int(start), int(end)
+    except ValueError:
+        raise ValueError(f"{PROFILE_FLAG}={text!r}: expected START:END, two step numbers (e.g. 10:15)") from None
+    if a < 0 or b < 0:
+        raise ValueError(f"{PROFILE_FLAG}={text!r}: steps must be >= 0")
+    if b <= a:
+        raise ValueError(f"{PROFILE_FLAG}={text!r}: END must be greater than START")
+    if num_train_steps is not None and b > num_train_steps:
+        raise ValueError(f"{PROFILE_FLAG}={text!r}: END is past config.num_train_steps={num_train_steps}")
+    return a, b
+
+
+class ProfileWindow:
+    """A `jax.profiler` trace of training steps START..END (`parse_profile_steps`) written to `logdir`:
+    `plugins/profile/<run>/<host>.xplane.pb`, which TensorBoard's profile plugin (`tensorboard --logdir
+    DIR/profile`) reads, and `perfetto_trace.json.gz` beside it for ui.perfetto.dev
+    (`jax.profiler.start_trace(create_perfetto_trace=True)`). The trace stops only once step END's results
+    are ready (`jax.block_until_ready`), so it holds those steps' device work, not just their dispatch.
+    A run resumed inside the window traces the rest of it; leaving the `with` block stops an open trace."""
+
+    def __init__(self, steps: tuple[int, int] | None, logdir: str | Path):
+        self.steps, self.logdir = steps, Path(logdir)
+        self.active = self.done = False
+
+    def before_step(self, step: int) -> None:
+        """Called with `state.step` before each training step."""
+        if self.steps and not (self.active or self.done) and self.steps[0] <= step < self.steps[1]:
+            import jax
+
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.logdir), create_perfetto_trace=True)
+            self.active = True
+
+    def after_step(self, step: int, results: Any) -> None:
+        """Called with the new `state.step` and that step's outputs (blocked on before the trace stops)."""
+        if self.active and step >= self.steps[1]:
+            import jax
+
+            jax.block_until_ready(results)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            import jax
+
+            jax.profiler.stop_trace()
+            self.active, self.done = False, True
+            print(f"[jaxcv] profile of steps {self.steps[0]}:{self.steps[1]} written to {self.logdir}", flush=True)
+
+    def __enter__(self) -> ProfileWindow:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
 
 def _fmt(seconds: float) -> str:

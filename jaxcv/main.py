@@ -27,7 +27,21 @@ flags.DEFINE_string("coordinator", None, "host:port of process 0, for jax.distri
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.DEFINE_bool("compilation_cache", True, "Use a persistent XLA compilation cache (~/.cache/jaxcv/xla).")
+flags.DEFINE_string("profile_steps", "", "START:END: a jax.profiler trace of these training steps (counted as "
+                    "state.step) in WORKDIR/profile, for TensorBoard's profile plugin and Perfetto.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+@flags.validator("profile_steps")
+def _check_profile_steps(value: str) -> bool:
+    """`--profile_steps` must be START:END with 0 <= START < END; checked when the flags are parsed."""
+    from jaxcv.logs import parse_profile_steps
+
+    try:
+        parse_profile_steps(value)
+    except ValueError as e:
+        raise flags.ValidationError(str(e).split(": ", 1)[-1]) from None  # absl names the flag and value
+    return True
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -74,7 +88,7 @@ def main(argv: list[str]) -> None:
     config = FLAGS.config
     try:
         if FLAGS.mode == "train":
-            train.train_and_evaluate(config, FLAGS.workdir)
+            train.train_and_evaluate(config, FLAGS.workdir, profile_steps=FLAGS.profile_steps)
         elif FLAGS.mode == "eval":
             modes.evaluate_only(config, FLAGS.workdir)
         else:

@@ -30,9 +30,9 @@ from jax.sharding import PartitionSpec as P
 from jaxcv import checkpoint as ckpt
 from jaxcv.config import validate_config
 from jaxcv.data.loader import Loader
-from jaxcv.logs import MetricWriter, Progress
+from jaxcv.logs import EvalProgress, MetricWriter, ProfileWindow, Progress, parse_profile_steps, validate_logging
 from jaxcv.ops.conv import set_conv_impl
-from jaxcv.optim import create_optimizer
+from jaxcv.optim import create_optimizer, create_schedule
 from jaxcv.preemption import Preempted, Preemption
 from jaxcv.state import RNG_IMPL, Start, TrainState, abstract, check_complete, replace_from_tree, savable
 from jaxcv.tasks import create_task
@@ -265,14 +265,19 @@ class Trainer:
     def evaluate(
         self, state: TrainState, split: str = "validation", stop: Callable[[], bool] | None = None
     ) -> tuple[dict[str, float], Any]:
-        """Metrics of `state` on `split`. `stop()` is asked before each batch; True raises `Preempted`."""
+        """Metrics of `state` on `split`. `stop()` is asked before each batch; True raises `Preempted`.
+        Process 0 prints a progress line with an ETA (`EvalProgress`)."""
         evaluator = self.task.evaluator()
-        for batch in self.loader(split, train=False).eval_batches():
+        loader = self.loader(split, train=False)
+        progress = EvalProgress(-(-len(loader) // loader.global_batch_size), f"eval {split}",
+                                enabled=jax.process_index() == 0)
+        for i, batch in enumerate(loader.eval_batches(), 1):
             if stop is not None and stop():
                 raise Preempted(f"evaluation of {split!r} interrupted")
             preds = self.jit_eval_step(state, _to_global(batch, self.task.device_keys, self.data_sharding))
             host_batch = _to_host(_to_global(batch, tuple(batch), self.data_sharding))
             evaluator.update(host_batch, _to_host(preds))
+            progress.update(i)
         return evaluator.result(), evaluator
 
 
@@ -300,12 +305,16 @@ def _check_finite(step: int, metrics: dict[str, Any], skip: bool = False) -> Non
         )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       profile_steps: str = "") -> dict[str, float]:
     """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final eval
-    metrics, also written to `workdir/eval/metrics.json`."""
+    metrics, also written to `workdir/eval/metrics.json`. `profile_steps` ("START:END", main.py's
+    `--profile_steps`) writes a `jax.profiler` trace of those steps to `workdir/profile` (`ProfileWindow`)."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
+    profile = parse_profile_steps(profile_steps, config.num_train_steps)  # bad values fail before compiling
+    validate_logging(config, check_import=is_main)
+    workdir.mkdir(parents=True, exist_ok=True)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     trainer = Trainer(config, workdir)
@@ -321,8 +330,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     start = int(jax.device_get(state.step))
     print(f"[jaxcv] {task.name}: {begin.describe()}; step {start} of {config.num_train_steps} "
           f"on {jax.device_count()} device(s)", flush=True)
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(workdir, enabled=is_main,
+                          wandb_project=(config.get("logging") or {}).get("wandb_project", ""))
     progress = Progress(config.num_train_steps, start)
+    # The logged learning rate: the optimizer's schedule (jaxcv.optim) on the host, at the step count the
+    # logged step's update used (optax counts updates from 0), so the jitted step is untouched.
+    lr_schedule = create_schedule(config.schedule, float(config.optimizer.learning_rate), int(config.num_train_steps))
+    profile_dir = workdir / "profile" if is_main else workdir / "profile" / f"process_{jax.process_index()}"
     batches = train_loader.train_batches(start)
     history: list[dict[str, Any]] = []
     skip = bool(config.skip_nonfinite)
@@ -330,8 +344,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step = start
     t_log = time.perf_counter()
     eval_metrics: dict[str, float] = {}
-    with Preemption(sync=jax.process_count() > 1) as preempt:
+    with Preemption(sync=jax.process_count() > 1) as preempt, ProfileWindow(profile, profile_dir) as profiler:
         while step < config.num_train_steps:
+            profiler.before_step(step)
             batch = _to_global(next(batches), task.device_keys, trainer.data_sharding)
             if step == start:
                 t_compile = time.perf_counter()
@@ -344,10 +359,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             pending = (step + 1, metrics)
             history.append(metrics)
             step += 1
+            profiler.after_step(step, (state, metrics))
             if step % config.log_every == 0 or step == config.num_train_steps:
                 _check_finite(*pending, skip)
                 m = _mean_metrics(history)
                 m["steps_per_s"] = len(history) / max(time.perf_counter() - t_log, 1e-9)
+                m["learning_rate"] = float(lr_schedule(step - 1))
                 if train_loader.skipped:
                     m["skipped_inputs"] = len(train_loader.skipped)
                 history, t_log = [], time.perf_counter()

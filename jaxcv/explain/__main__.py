@@ -36,15 +36,10 @@ def _define_flags() -> None:
 
 
 def run() -> None:
-    """The command line (`python -m jaxcv.explain`, the `jaxcv-explain` script); `--config=NAME` may name a shipped config."""
-    import sys
-
+    """The command line (`python -m jaxcv.explain`, the `jaxcv-explain` script)."""
     from absl import app
 
-    from jaxcv.config import resolve_config_argv
-
     _define_flags()
-    sys.argv = resolve_config_argv(sys.argv)
     app.run(_main)
 
 
