@@ -198,3 +198,43 @@ def test_export_gives_a_predictor_with_the_finetuned_weights(runs, tmp_path: Pat
     np.testing.assert_allclose(low, want, rtol=0, atol=1e-4 * np.abs(want).max())
     np.testing.assert_allclose(iou, np.asarray(ref["iou_predictions"])[0, 0], rtol=0, atol=1e-5)
     assert masks.shape == (1, *np.asarray(ex["image"]).shape[:2]) and masks.dtype == bool
+
+
+def test_box_and_point_prompts_as_tokens_equal_sam_and_train(tmp_path: Path):
+    """`embed_tokens` gives a box exactly `embed_boxes`' corner tokens and a lone point exactly `embed_points`
+    with SAM's padding; with `prompts.point_prob=1` every training prompt is a point inside its own mask, the
+    evaluation's are still the boxes, and a train step on the token path updates the decoder."""
+    import jax.numpy as jnp
+
+    from jaxcv.tasks import create_task
+
+    trainer, state = start(smoke(embedding_cache=False, **{"prompts.point_prob": 1.0}), tmp_path)
+    task = trainer.task
+    model, variables = task.model, {"params": state.params}
+    box = jnp.array([[3.0, 5.0, 30.0, 41.0]])
+    pt = jnp.array([[[17.0, 9.0]]])
+
+    def enc(mdl, method, *a):
+        return mdl.apply(variables, *a, method=lambda m, *x: getattr(m.prompt_encoder, method)(*x))
+
+    np.testing.assert_array_equal(enc(model, "embed_tokens", box.reshape(1, 2, 2), jnp.array([[2, 3]])),
+                                  enc(model, "embed_boxes", box))
+    np.testing.assert_array_equal(
+        enc(model, "embed_tokens", jnp.concatenate([pt, jnp.zeros((1, 1, 2))], 1), jnp.array([[1, -1]])),
+        model.apply(variables, pt, jnp.array([[1]]), True, method=lambda m, p, lab, pad:
+                    m.prompt_encoder.embed_points(p, lab, pad)))
+    host, batch = first_batch(trainer)
+    real = host["box_mask"]
+    assert (host["prompt_labels"][real] == [1, -1]).all() and (host["prompt_labels"][~real] == [2, 3]).all()
+    b, k = np.nonzero(real)
+    xy = host["prompt_points"][b, k, 0].astype(int)
+    assert host["gt_masks"][b, k, xy[:, 1], xy[:, 0]].all(), "a point prompt outside its instance's mask"
+    ev = next(trainer.loader("validation", train=False).eval_batches())
+    assert (np.asarray(ev["prompt_labels"]) == [2, 3]).all()
+    before = flat(state.params)  # the step donates `state`
+    new_state, metrics = trainer.jit_train_step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    after = flat(new_state.params)
+    assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("mask_decoder/"))
+    with pytest.raises(ValueError, match="prompts.point_prob"):
+        create_task(smoke(**{"prompts.point_prob": 1.5})).validate()

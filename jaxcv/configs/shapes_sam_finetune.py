@@ -28,7 +28,9 @@ def get_config(arg: str | None = None):
     shapes_data(c, image_size=1024, num_train=2048, num_val=128, max_objects=4, min_size=96.0, max_size=512.0)
     c.data.max_boxes = 4  # prompts per image
     c.data.augment = ml_collections.ConfigDict({"hflip": True})
-    c.prompts = ml_collections.ConfigDict({"box_jitter": 0.1, "box_jitter_max": 20.0})
+    # Training prompts: a point inside the mask with probability point_prob (SAM: a point or a box, equally
+    # likely), else the box, jittered; evaluation always prompts with the ground-truth box.
+    c.prompts = ml_collections.ConfigDict({"box_jitter": 0.1, "box_jitter_max": 20.0, "point_prob": 0.5})
     c.loss = ml_collections.ConfigDict({"focal_weight": 20.0, "dice_weight": 1.0, "iou_weight": 1.0,
                                         "focal_alpha": 0.25, "focal_gamma": 2.0, "multimask": False})
     c.freeze = ("image_encoder", "prompt_encoder")
@@ -50,6 +52,7 @@ def get_config(arg: str | None = None):
                     "model.encoder_num_heads": 2, "model.encoder_global_attn_indexes": (1,), "model.image_size": 64,
                     "model.patch_size": 8, "model.window_size": 4, "data.image_size": 64, "data.min_size": 20.0,
                     "data.max_size": 40.0, "prompts.box_jitter_max": 2.0, "batch_size": 4, "eval_batch_size": 8,
-                    "optimizer.learning_rate": 5e-4, "schedule.name": "constant", "schedule.warmup_steps": 10})
+                    "optimizer.learning_rate": 5e-4, "schedule.name": "constant", "schedule.warmup_steps": 10,
+                    "prompts.point_prob": 0.0})  # box prompts only, as evaluated (benchmarks/README.md, SAM)
     c.lock()
     return c

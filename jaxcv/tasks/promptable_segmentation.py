@@ -6,6 +6,9 @@ annotations are not prompted), a mask folder (`data.name="mask_folder"`, `data.i
 "ids"; `jaxcv.data.segmentation`). Each example gives up to `data.max_boxes` prompts: instances drawn at random in
 training (in order in evaluation), their ground-truth boxes, jittered in training as SAM's training was
 (noise of std `prompts.box_jitter` x the box's side per coordinate, clipped to `prompts.box_jitter_max` pixels).
+In training a prompt is instead, with probability `prompts.point_prob`, one point drawn uniformly inside its mask
+(SAM's training picks a point or a box with equal probability); boxes and points then both go in as two prompt
+tokens (`PromptEncoder.embed_tokens`), so they batch in one shape. Evaluation prompts with the boxes.
 Images are resized (longest side) to the model's `image_size`, normalized as SAM (ImageNet mean / std on 0-255)
 and zero-padded, so `data.image_size` must be the model's.
 
@@ -135,8 +138,21 @@ class PromptableSam(Sam):
         low, iou = self.predict_prompts(emb, boxes=boxes.reshape(b * k, 4), multimask_output=multimask_output)
         return low.reshape(b, k, *low.shape[1:]), iou.reshape(b, k, -1)
 
+    def decode_tokens(self, image_embeddings: Array, points: Array, labels: Array, multimask_output: bool = False
+                      ) -> tuple[Array, Array]:
+        """embeddings [B, g, g, D], prompt tokens [B, K, 2, 2] (input pixels) with labels [B, K, 2]
+        (`PromptEncoder.embed_tokens`: a box as corners 2/3, a point as 1 + padding -1) -> as `decode_boxes`."""
+        b, k = points.shape[:2]
+        emb = jnp.repeat(image_embeddings, k, axis=0)
+        sparse = self.prompt_encoder.embed_tokens(points.reshape(b * k, -1, 2), labels.reshape(b * k, -1))
+        _, dense = self.encode_prompts()  # no mask prompt: `no_mask_embed` everywhere
+        dense = jnp.broadcast_to(dense, (b * k, *dense.shape[1:]))
+        low, iou = self.decode(emb, sparse, dense, multimask_output)
+        return low.reshape(b, k, *low.shape[1:]), iou.reshape(b, k, -1)
+
     def __call__(self, images: Array | None = None, boxes: Array | None = None, *,  # type: ignore[override]
-                 image_embeddings: Array | None = None, train: bool = False) -> dict[str, Array]:
+                 image_embeddings: Array | None = None, prompt_points: Array | None = None,
+                 prompt_labels: Array | None = None, train: bool = False) -> dict[str, Array]:
         if image_embeddings is None:
             if images is None:
                 raise ValueError("PromptableSam needs `images` or `image_embeddings`")
@@ -148,7 +164,10 @@ class PromptableSam(Sam):
         out = {"image_embeddings": emb}
         if boxes is None and self.is_initializing():  # every prompt-encoder and decoder parameter
             self.decode_boxes(emb[:1], jnp.zeros((1, 1, 4), jnp.float32), True)
-        if boxes is not None:
+        if prompt_points is not None:  # mixed box / point prompts as tokens (`prompts.point_prob` > 0)
+            out["low_res_logits"], out["iou_predictions"] = self.decode_tokens(emb, prompt_points, prompt_labels,
+                                                                                self.multimask_output)
+        elif boxes is not None:
             out["low_res_logits"], out["iou_predictions"] = self.decode_boxes(emb, boxes, self.multimask_output)
         return out
 
@@ -254,13 +273,36 @@ def cache_image(ex: dict[str, Any], image_size: int, flip: bool) -> np.ndarray:
     return model_image(image[:, ::-1] if flip else image, image_size)
 
 
+def point_tokens(boxes: np.ndarray, idx: np.ndarray, masks: np.ndarray, point_prob: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prompt tokens [K, 2, 2], their labels [K, 2] and `is_point` [K]: each real prompt is, with probability
+    `point_prob`, one foreground point drawn uniformly from its instance's mask pixels (as SAM's training
+    chooses a point or a box with equal probability), else its box (corners, labels 2 and 3)."""
+    k = len(idx)
+    points = boxes.reshape(k, 2, 2).astype(np.float32).copy()
+    labels = np.tile(np.array([2, 3], np.int32), (k, 1))
+    is_point = np.zeros((k,), bool)
+    for j, i in enumerate(idx):
+        if i < 0 or point_prob <= 0 or rng.random() >= point_prob:
+            continue
+        ys, xs = np.nonzero(masks[i])
+        if not len(ys):
+            continue
+        r = rng.integers(len(ys))
+        points[j] = ((xs[r], ys[r]), (0.0, 0.0))
+        labels[j] = (1, -1)
+        is_point[j] = True
+    return points, labels, is_point
+
+
 def make_prompt_transform(image_size: int, num_prompts: int, train: bool, hflip: bool = True,
-                          jitter: float = 0.1, jitter_max: float = 20.0):
+                          jitter: float = 0.1, jitter_max: float = 20.0, point_prob: float | None = None):
     """Raw instance example -> `image` float32 [S, S, 3] (longest side resized to S, normalized, zero-padded),
     `boxes` [K, 4] box prompts (input pixels), `gt_masks` uint8 [K, S, S], `box_mask` bool [K] (real prompts),
     `labels` int32 [K], `image_id`. Training flips horizontally with probability 0.5 when `hflip`. An example that
     carries cached `image_embeddings` [F, g, g, D] (`EmbeddedSource`) also gives `image_embeddings` [g, g, D]:
-    slot 1 (the flipped image's) when flipped."""
+    slot 1 (the flipped image's) when flipped. With `point_prob` set (not None) the example also gives the prompts
+    as tokens, `prompt_points` [K, 2, 2] and `prompt_labels` [K, 2] (`point_tokens`; points only in training)."""
     s = image_size
 
     def transform(ex: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -279,6 +321,9 @@ def make_prompt_transform(image_size: int, num_prompts: int, train: bool, hflip:
                 out_labels[j] = labels[i]
         out = {"image": model_image(image, s), "boxes": prompts, "gt_masks": gt, "box_mask": idx >= 0,
                "labels": out_labels, "image_id": int(ex.get("image_id", 0))}
+        if point_prob is not None:
+            out["prompt_points"], out["prompt_labels"], _ = point_tokens(
+                prompts, idx, masks, float(point_prob) if train else 0.0, rng)
         if "image_embeddings" in ex:
             emb = ex["image_embeddings"]
             if flipped and len(emb) < 2:
@@ -347,7 +392,13 @@ class PromptableSegmentationTask(Task):
 
     @property
     def device_keys(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ("image_embeddings" if self._cached else "image", "boxes", "gt_masks", "box_mask")
+        tokens = ("prompt_points", "prompt_labels") if self.point_prob else ()
+        return ("image_embeddings" if self._cached else "image", "boxes", "gt_masks", "box_mask", *tokens)
+
+    @property
+    def point_prob(self) -> float:
+        """`prompts.point_prob`: the share of training prompts that are a point in the mask instead of its box."""
+        return float(self.config.prompts.get("point_prob", 0.0))
 
     # ---- model
     def converted_dir(self) -> str:
@@ -423,6 +474,8 @@ class PromptableSegmentationTask(Task):
         for key in ("focal_weight", "dice_weight", "iou_weight"):
             if self.config.loss[key] < 0:
                 raise ValueError(f"config.loss.{key}={self.config.loss[key]!r} must be >= 0")
+        if not 0.0 <= self.point_prob <= 1.0:
+            raise ValueError(f"config.prompts.point_prob={self.point_prob!r} must be a probability in [0, 1]")
         if int(self.config.data.max_boxes) < 1:
             raise ValueError(f"config.data.max_boxes={self.config.data.max_boxes} (prompts per image) must be >= 1")
         ex = self.source("train")[0]
@@ -486,14 +539,18 @@ class PromptableSegmentationTask(Task):
         p = self.config.prompts
         return make_prompt_transform(self.image_size, int(self.config.data.max_boxes), train,
                                      hflip=bool(self.config.data.augment.hflip), jitter=float(p.box_jitter),
-                                     jitter_max=float(p.box_jitter_max))
+                                     jitter_max=float(p.box_jitter_max), point_prob=self.point_prob or None)
 
     # ---- jitted parts
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The boxes and the cached embeddings when the batch has them, else the images."""
+        """The prompts (boxes, or tokens with `prompts.point_prob`) and the cached embeddings when the batch has
+        them, else the images."""
+        prompts = {"boxes": batch["boxes"]}
+        if "prompt_points" in batch:
+            prompts = {"prompt_points": batch["prompt_points"], "prompt_labels": batch["prompt_labels"]}
         if "image_embeddings" in batch:
-            return {"image_embeddings": batch["image_embeddings"], "boxes": batch["boxes"]}
-        return {"images": batch["image"], "boxes": batch["boxes"]}
+            return {"image_embeddings": batch["image_embeddings"], **prompts}
+        return {"images": batch["image"], **prompts}
 
     def _decode(self, outputs: dict[str, Any]) -> tuple[Array, Array]:
         """Logits upsampled to the image [B, K, C, S, S] and predicted IoUs [B, K, C]."""

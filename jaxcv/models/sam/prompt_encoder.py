@@ -119,6 +119,16 @@ class PromptEncoder(nn.Module):
         emb = emb + jnp.where(lab == 0, self.point_embeddings[0]()[0], 0.0)
         return emb + jnp.where(lab == 1, self.point_embeddings[1]()[0], 0.0)
 
+    def embed_tokens(self, points: Array, labels: Array) -> Array:
+        """Prompt tokens [B, P, 2] with labels [B, P] -> [B, P, D]: SAM's point labels (-1 padding, 0 background,
+        1 foreground) and box corners (2 top-left, 3 bottom-right, embedded as `embed_boxes` does). A box and a
+        single point are then both two tokens (corners; point + padding, which is what SAM pads a lone point
+        with), so box- and point-prompted items batch in one static shape (fine-tuning mixes them)."""
+        emb = self.embed_points(points, labels, pad=False)
+        lab = jnp.asarray(labels)[..., None]
+        emb = emb + jnp.where(lab == 2, self.point_embeddings[2]()[0], 0.0)
+        return emb + jnp.where(lab == 3, self.point_embeddings[3]()[0], 0.0)
+
     def embed_boxes(self, boxes: Array) -> Array:
         """[B, 4] xyxy -> [B, 2, D] (corner tokens)."""
         corners = (boxes.astype(jnp.float32) + 0.5).reshape(-1, 2, 2)
