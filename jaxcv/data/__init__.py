@@ -35,4 +35,4 @@ def check_data_keys(data_config) -> None:
                          f"its keys: {', '.join(sorted(known))}")
 
 # Source modules register themselves on import.
-from jaxcv.data import classification, coco_json, detection, segmentation, shapes, tfds_detection  # noqa: E402,F401,I001
+from jaxcv.data import classification, coco_json, detection, hf, segmentation, shapes, tfds_detection  # noqa: E402,F401,I001
