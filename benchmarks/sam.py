@@ -25,17 +25,16 @@ Cases:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import alternate, emit, loadavg, stats
 
 from jaxcv import runtime
 from jaxcv.interop import from_segment_anything
@@ -44,33 +43,6 @@ from jaxcv.models.sam.sam import SAM_CONFIGS, Sam, sam
 REDUCED = (192, 4, 3, (1, 3))
 ARCHS = {"encoder_reduced": REDUCED, "encoder_vit_b": SAM_CONFIGS["sam_vit_b"]}
 CASES = ("encoder_reduced", "encoder_vit_b", "decoder", "amg")
-
-
-def emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record), flush=True)
-
-
-def loadavg() -> float | None:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def stats(times: list[float]) -> dict[str, Any]:
-    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-            "max_s": round(max(times), 4), "runs": len(times)}
-
-
-def alternate(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds of each function's `repeats` calls, interleaved, after `warmup` untimed calls of each."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def test_image(h: int = 471, w: int = 640) -> np.ndarray:

@@ -89,12 +89,14 @@ def _class_tile(image: np.ndarray, text: str, fill: tuple[int, int, int] = (0, 0
     return viz.caption(_enlarged(image)[0], text, fill)
 
 
-def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int, kind: str) -> list[Image.Image]:
+def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int, kind: str,
+                normalize: str = "imagenet") -> list[Image.Image]:
     """Pictures of a transformed batch, drawn as the task says (`Task.picture_kind`): one per example (boxes
-    or class names), two for segmentation (image | mask)."""
+    or class names), two for segmentation (image | mask). `normalize`: how the float images were normalized
+    (the config's `preprocess.normalize`, see `viz.to_uint8`)."""
     tiles = []
     for b in range(min(num, len(batch["image"]))):
-        image = batch["image"][b]
+        image = viz.to_uint8(batch["image"][b], normalize)
         if kind == "boxes":  # detection: boxes padded to max_boxes
             keep = np.asarray(batch["box_mask"][b], bool)
             n = int(keep.sum())
@@ -115,12 +117,13 @@ def batch_tiles(batch: dict[str, np.ndarray], names: Sequence[str], num: int, ki
 
 
 def result_tiles(batch: dict[str, np.ndarray], preds: dict[str, np.ndarray], names: Sequence[str],
-                 num: int, score_thresh: float, kind: str) -> list[Image.Image]:
+                 num: int, score_thresh: float, kind: str, normalize: str = "imagenet") -> list[Image.Image]:
     """Prediction and ground truth per valid example of an eval batch: one captioned picture
-    (classification), truth | prediction (boxes), image | truth | prediction (segmentation)."""
+    (classification), truth | prediction (boxes), image | truth | prediction (segmentation). `normalize` as
+    `batch_tiles`'."""
     tiles = []
     for b in np.flatnonzero(np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool)), bool))[:num]:
-        image = batch["image"][b]
+        image = viz.to_uint8(batch["image"][b], normalize)
         if kind == "boxes":
             keep = np.asarray(batch["box_mask"][b], bool)
             tiles.append(_box_tile(image, batch["boxes"][b][keep], batch["labels"][b][keep], None, names,
@@ -172,6 +175,12 @@ def _eval_pairs(trainer: Any, state: Any) -> Iterator[tuple[dict[str, np.ndarray
         yield batch, _to_host(preds)
 
 
+def input_normalization(config: ml_collections.ConfigDict) -> str:
+    """How the config's model inputs are normalized (`preprocess.normalize`, "imagenet" where it has none), to
+    draw them in their own colours."""
+    return (config.get("preprocess") or {}).get("normalize", "imagenet")
+
+
 def class_names(task: Any) -> list[str]:
     """Names of label ids (for segmentation, of mask ids: the source's names include background)."""
     return list(getattr(task.source("train"), "class_names", []))
@@ -196,6 +205,7 @@ def show(config: ml_collections.ConfigDict | None, what: str, workdir: str | Pat
     trainer = Trainer(config, workdir or ".")
     names = class_names(trainer.task)
     kind = trainer.task.picture_kind
+    normalize = input_normalization(config)
     tiles: list[Image.Image] = []
     if what == "batch":
         batches = trainer.loader("train", train=True).train_batches(step)
@@ -203,7 +213,7 @@ def show(config: ml_collections.ConfigDict | None, what: str, workdir: str | Pat
         while shown < num:
             batch = next(batches)
             per_example = _per_example(kind, results=False)
-            new = batch_tiles(batch, names, num - shown, kind)
+            new = batch_tiles(batch, names, num - shown, kind, normalize)
             tiles += new
             shown += len(new) // per_example
     else:
@@ -217,7 +227,7 @@ def show(config: ml_collections.ConfigDict | None, what: str, workdir: str | Pat
         per_example = 1
         for batch, preds in _eval_pairs(trainer, state):
             per_example = _per_example(kind, results=True)
-            new = result_tiles(batch, preds, names, num - shown, thresh, kind)
+            new = result_tiles(batch, preds, names, num - shown, thresh, kind, normalize)
             tiles += new
             shown += len(new) // per_example
             if shown >= num:
@@ -270,11 +280,18 @@ def _define_flags() -> None:
     flags.DEFINE_integer("step", 0, "batch: which training step's batch.")
 
 
-if __name__ == "__main__":
-    import os
+def run() -> None:
+    """The command line (`python -m jaxcv.show`, the `jaxcv-show` script); `--config=NAME` may name a shipped config."""
+    import sys
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import app
 
+    from jaxcv.config import resolve_config_argv
+
     _define_flags()
+    sys.argv = resolve_config_argv(sys.argv)
     app.run(_main)
+
+
+if __name__ == "__main__":
+    run()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jaxcv.data.base import denormalize
+from jaxcv.data.detection import from_model_input
 
 # A fixed, distinguishable palette (tab10 followed by tab20's lighter tones), RGB uint8.
 PALETTE = np.array(
@@ -27,10 +27,11 @@ def color(i: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in PALETTE[int(i) % len(PALETTE)])
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A normalized float image (as the model sees it) or a uint8 image -> uint8 [H, W, 3]."""
+def to_uint8(image: np.ndarray, normalize: str = "imagenet") -> np.ndarray:
+    """A float model input [H, W, 3] (normalized by `normalize`, a config's `preprocess.normalize`: "imagenet" or
+    "unit") or a uint8 image -> uint8 [H, W, 3]."""
     image = np.asarray(image)
-    return image if image.dtype == np.uint8 else denormalize(image)
+    return image if image.dtype == np.uint8 else from_model_input(image, normalize)
 
 
 def draw_detections(
@@ -112,7 +113,8 @@ def detection_gallery(
         grid(tiles).save(path)
 
 
-TRAIN_SKIP = ("step", "split", "steps_per_s", "grad_norm", "skipped_inputs", "skipped_updates", "finite")
+TRAIN_SKIP = ("step", "split", "steps_per_s", "grad_norm", "learning_rate", "skipped_inputs", "skipped_updates",
+              "finite")
 
 
 def _is_score(name: str) -> bool:

@@ -178,6 +178,26 @@ def test_gallery_tiles_draw_what_the_batch_holds():
     assert len(res) == 2 and all(t.height > 128 for t in res)  # the caption strip under the image
 
 
+def test_unit_normalized_batches_are_drawn_in_their_own_colours():
+    """A "unit" config's batch (pixels / 255, grey 114 letterbox, as the YOLO configs) is drawn back to its
+    original pixels (within 1), not through the ImageNet inverse; configs without `preprocess` stay ImageNet."""
+    from jaxcv.data.detection import pad_color, to_model_input
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+    x = to_model_input(pixels, "unit")
+    x[:, 24:] = pad_color("unit", 114.0)  # a letterboxed strip
+    batch = {"image": x, "label": np.array([0, 1], np.int32)}
+    factor = 4  # 32 px images are enlarged to 128 px (nearest), the caption strip is below them
+    for b, tile in enumerate(show.batch_tiles(batch, ["a", "b"], 2, "label", "unit")):
+        drawn = np.asarray(tile)[: 32 * factor : factor, : 32 * factor : factor].astype(int)
+        want = pixels[b].astype(int)
+        want[24:] = 114
+        assert np.abs(drawn - want).max() <= 1
+    assert np.abs(show.viz.to_uint8(x[0], "unit").astype(int) - np.asarray(show.viz.to_uint8(x[0]), int)).max() > 50
+    assert show.input_normalization(_config("coco_json_yolov8n")) == "unit"
+    assert show.input_normalization(_config("synthetic_classification")) == "imagenet"
+
+
 def _config(name: str, arg: str | None = "smoke"):
     spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

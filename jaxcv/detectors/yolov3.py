@@ -14,7 +14,11 @@ objectness * sigmoid(t_c), then scores > `postprocess.score_thresh`, the best `t
 class-wise NMS (`jaxcv.ops.nms.batched_nms`) and the best `detections_per_img`. Defaults are darknet's
 `validate_detector` (score 0.005, `do_nms_sort` IoU 0.45) and the public cfgs' `ignore_thresh` (0.7).
 
-Inputs are the detection task's (ImageNet-normalized RGB); darknet's own weights expect RGB in [0, 1].
+Inputs are the detection task's images, normalized and padded bottom/right as `config.preprocess` says
+(`normalize`, `pad_value`; `jaxcv.data.detection.to_model_input` and `pad_color`). darknet's own weights expect RGB
+in [0, 1] with a grey 127.5 (0.5) letterbox: configs/darknet_yolov3_predict.py sets `normalize="unit"`,
+`pad_value=127.5`; the detection default (the shapes and coco_json yolov3_tiny configs) is ImageNet mean/std with
+mean-colour padding.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ model's order can use this head.
   settings (conf 0.001, IoU 0.7, 300 detections); boxes are not clipped here (the COCO evaluator clips them to
   the original image, as ultralytics' `scale_boxes`).
 
-Inputs are the detection task's images (ImageNet-normalized RGB, padded bottom/right with the mean colour);
-ultralytics' own weights expect RGB in [0, 1] with a grey (114) letterbox.
+Inputs are the detection task's images, normalized and padded bottom/right as `config.preprocess` says
+(`normalize`, `pad_value`; `jaxcv.data.detection.to_model_input` and `pad_color`). ultralytics' own weights expect
+RGB in [0, 1] with a grey 114 letterbox: configs/coco_yolov8n.py and coco_json_yolov8n.py set `normalize="unit"`,
+`pad_value=114`; the detection default (configs/shapes_yolov8n.py) is ImageNet mean/std with mean-colour padding.
 """
 
 from __future__ import annotations
