@@ -344,7 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     step = start
     t_log = time.perf_counter()
     eval_metrics: dict[str, float] = {}
-    with Preemption(sync=jax.process_count() > 1) as preempt, ProfileWindow(profile, profile_dir) as profiler:
+    with (Preemption(sync=jax.process_count() > 1) as preempt, ProfileWindow(profile, profile_dir) as profiler,
+          checkpoints):  # an error waits for the save in progress (async): the last good checkpoint stays
         while step < config.num_train_steps:
             profiler.before_step(step)
             batch = _to_global(next(batches), task.device_keys, trainer.data_sharding)

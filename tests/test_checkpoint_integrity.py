@@ -111,10 +111,12 @@ def test_checkpoint_of_another_model_is_an_error_not_corruption(tmp_path: Path, 
 
 
 def test_load_variables_skips_a_corrupt_best_checkpoint(tmp_path: Path, capsys, inproc_reference):
+    """`init_from` reads the best evaluated step first (one manager: the final step 6, which carries the
+    metric); a corrupt one is skipped for the next older step."""
     workdir = tmp_path / "run"
     shutil.copytree(inproc_reference, workdir)
-    assert saved_steps(workdir, "best") == [6]
-    bitflip(workdir / "best" / "6")
+    assert ckpt.Checkpoints(workdir, keep=3, best_metric="accuracy").best_step() == 6
+    bitflip(workdir / "checkpoints" / "6")
     params = traverse_util.flatten_dict(ckpt.load_variables(workdir)["params"], sep="/")
-    assert f"checkpoint {workdir}/best/6 is corrupt" in capsys.readouterr().out
-    assert_identical({k: np.asarray(v) for k, v in params.items()}, params_at(inproc_reference, 6))
+    assert f"checkpoint {workdir}/checkpoints/6 is corrupt" in capsys.readouterr().out
+    assert_identical({k: np.asarray(v) for k, v in params.items()}, params_at(inproc_reference, 4))

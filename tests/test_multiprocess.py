@@ -122,7 +122,7 @@ def test_two_processes_train_like_one(tmp_path: Path):
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path: Path):
     """`python -m jaxcv.main --coordinator=...`: SIGTERM reaches only process 1; both agree to stop
-    (an all-gather of the flag every step), save one checkpoint together and exit 0."""
+    (jax's preemption sync point, no collective per step), save one checkpoint together and exit 0."""
     port = free_port()
     workdir = tmp_path / "run"
     cmd = [
