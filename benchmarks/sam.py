@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from timing import alternate, emit, loadavg, stats
+from timing import alternate, emit, loadavg, parse_cases, stats
 
 from jaxcv import runtime
 from jaxcv.interop import from_segment_anything
@@ -208,10 +208,7 @@ def main() -> None:
     ap.add_argument("--points_per_side", type=int, default=16)
     ap.add_argument("--no-peer", action="store_true", help="skip segment_anything even if importable")
     args = ap.parse_args()
-    which = [c.strip() for c in args.only.split(",") if c.strip()]
-    unknown = sorted(set(which) - set(CASES))
-    if unknown:
-        ap.error(f"unknown case(s) {unknown}; choose from {','.join(CASES)}")
+    which = parse_cases(ap, args.only, CASES)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if set(dtypes) - {"float32", "bfloat16"}:
         ap.error(f"--dtypes: float32 and/or bfloat16, got {args.dtypes!r}")

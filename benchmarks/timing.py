@@ -36,3 +36,12 @@ def alternate(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> d
             fn()
             times[k].append(time.perf_counter() - t0)
     return times
+
+
+def parse_cases(parser: Any, text: str, known: tuple[str, ...]) -> list[str]:
+    """`--only=a,b` -> ["a", "b"]; an unknown case is a usage error naming the known ones."""
+    which = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = sorted(set(which) - set(known))
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {','.join(known)}")
+    return which

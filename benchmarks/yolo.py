@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from timing import alternate, emit, loadavg, stats
+from timing import alternate, emit, loadavg, parse_cases, stats
 
 from jaxcv import runtime
 from jaxcv.models.yolov8 import YOLOv8
@@ -404,10 +404,7 @@ def main() -> None:
     ap.add_argument("--peer-sweep", action="store_true", help="time the peer's whole step at every gt count")
     ap.add_argument("--no-peer", action="store_true", help="skip ultralytics even if importable")
     args = ap.parse_args()
-    which = [c.strip() for c in args.only.split(",") if c.strip()]
-    unknown = sorted(set(which) - set(CASES))
-    if unknown:
-        ap.error(f"unknown case(s) {unknown}; choose from {','.join(CASES)}")
+    which = parse_cases(ap, args.only, CASES)
     args.batch_sizes, args.gt_counts, args.step_gt_counts = ints(args.batches), ints(args.gts), ints(args.step_gts)
     if args.size % 32:
         ap.error(f"--size={args.size}: must be a multiple of 32 (YOLOv8's largest stride)")
