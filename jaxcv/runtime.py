@@ -57,6 +57,15 @@ def start_cli(argv: list[str]) -> None:
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSIONS = "individual_dot,dot,eltwise,reduce"
+# jaxlib >= 0.12: without `eltwise`. There, YNNPACK's element-wise fusions make XLA's own bfloat16 convolutions
+# (conv_impl="xla") return non-finite values from the second conv on (a ResNet-18 in bfloat16; float32 is
+# unaffected, and jaxlib 0.10 is fine); tests/test_resnet.py::test_bfloat16_compute_keeps_float32_params_and_logits.
+YNN_FUSIONS_0_12 = "individual_dot,dot,reduce"
+
+
+def ynn_fusions() -> str:
+    """The fusion list for the installed jaxlib (see YNN_FUSIONS_0_12)."""
+    return YNN_FUSIONS_0_12 if _jaxlib_at_least(0, 12) else YNN_FUSIONS
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
@@ -79,8 +88,9 @@ def configure() -> dict[str, str]:
     flags = os.environ.get("XLA_FLAGS", "")
     x64 = os.environ.get("JAX_ENABLE_X64", "0").lower() in ("1", "true")
     if YNN_FLAG not in flags and not x64 and _jaxlib_at_least(0, 10):
-        os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={YNN_FUSIONS}".strip()
-        applied["xla_flags"] = f"{YNN_FLAG}={YNN_FUSIONS}"
+        fusions = ynn_fusions()
+        os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={fusions}".strip()
+        applied["xla_flags"] = f"{YNN_FLAG}={fusions}"
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         try:
             libc = ctypes.CDLL("libc.so.6")

@@ -36,6 +36,15 @@ def fixture_path(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _default_conv_impl():
+    """A Trainer sets the process-wide `conv_impl` from its config; the next test starts from "auto" again."""
+    yield
+    from jaxcv.ops.conv import set_conv_impl
+
+    set_conv_impl("auto")
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     fixture_path("README.md")

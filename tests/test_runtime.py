@@ -12,7 +12,7 @@ import pytest
 from jaxcv import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
-YNN = f"{runtime.YNN_FLAG}={runtime.YNN_FUSIONS}"
+YNN = f"{runtime.YNN_FLAG}={runtime.ynn_fusions()}"
 PROBE = """
 import json, os, resource
 import jaxcv.runtime
@@ -63,6 +63,9 @@ def test_user_flag_x64_and_opt_out_are_respected():
 def test_jaxlib_version_gate(monkeypatch, version, expected):
     monkeypatch.setattr(runtime.metadata, "version", lambda name: version)
     assert runtime._jaxlib_at_least(0, 10) is expected
+    # jaxlib 0.12 and later: no element-wise fusions (bfloat16 XLA convolutions turn non-finite with them)
+    if expected:
+        assert ("eltwise" in runtime.ynn_fusions()) is (version == "0.10.2")
 
 
 def test_import_alone_changes_nothing_and_entry_points_configure(tmp_path):
