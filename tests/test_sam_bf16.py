@@ -1,7 +1,7 @@
 """SAM computing in bfloat16 (float32 weights, `module.clone(dtype=jnp.bfloat16)`, the CLI's `--dtype
 bfloat16`): the predictor's logits and IoU predictions equal float32's within bfloat16 round-off, and the masks
 agree wherever the float32 logit is not within that round-off of the threshold. A small random SAM (2 blocks,
-64 px) keeps it cheap; the fixture model's bfloat16 errors are measured by benchmarks/sam.py."""
+64 px) keeps it cheap; the fixture model's bfloat16 errors are in benchmarks/README.md (SAM)."""
 
 import jax
 import jax.numpy as jnp

@@ -144,8 +144,8 @@ class ConvTranspose2x2(nn.Module):
     """torch ConvTranspose2d(k=2, s=2) as `nn.ConvTranspose(..., transpose_kernel=True)` computes it (the same
     `kernel` [kh, kw, out, in] and `bias` [out], so the torch weight [in, out, kh, kw] maps by a plain transpose):
     each input cell writes its own 2 x 2 output block, so the layer is one einsum and a reshape, [B, h, w, in] ->
-    [B, 2h, 2w, out]. Same values as the convolution (bit-identical in float32 here); on the CPU its forward plus
-    backward runs about 10x faster than XLA's transposed convolution, which dominated a decoder training step."""
+    [B, 2h, 2w, out]. Same values as the convolution; written out because XLA:CPU's transposed convolution
+    dominated a decoder training step (benchmarks/README.md, SAM)."""
 
     features: int
     dtype: Dtype = jnp.float32
