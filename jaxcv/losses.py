@@ -112,6 +112,9 @@ def retinanet_loss(
     bg_iou: float = 0.4,
     allow_low_quality_matches: bool = True,
     coder_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    assigner: str = "max_iou",
+    num_anchors_per_level: Sequence[int] = (),
+    atss_topk: int = 9,
 ) -> dict[str, Array]:
     """RetinaNet losses (torchvision `RetinaNet.compute_loss`), jit-able, fixed shapes.
 
@@ -124,7 +127,8 @@ def retinanet_loss(
     foreground anchors, L1 / smooth L1 on encoded boxes summed over coordinates, or 1 - GIoU on
     decoded boxes. normalizer "per_image" (torchvision): each image's sum / max(1, its #foreground),
     averaged over images; "global" (detectron2 / TF): batch sum / max(1, batch #foreground).
-    Images with no gt give all-background targets and zero box loss.
+    Images with no gt give all-background targets and zero box loss. `assigner` "atss" replaces the
+    IoU matcher by ATSS's (`jaxcv.ops.matching.atss_match`, needs `num_anchors_per_level`).
     """
     if box_loss not in ("l1", "smooth_l1", "giou"):
         raise ValueError(f"unknown box_loss {box_loss!r}; use l1, smooth_l1 or giou")
@@ -133,7 +137,8 @@ def retinanet_loss(
     coder = BoxCoder(weights=tuple(coder_weights))
     anchors = jnp.asarray(anchors, jnp.float32)
     t = detection_targets(
-        anchors, gt_boxes, gt_labels, gt_mask, coder, fg_iou, bg_iou, allow_low_quality_matches
+        anchors, gt_boxes, gt_labels, gt_mask, coder, fg_iou, bg_iou, allow_low_quality_matches,
+        assigner=assigner, num_anchors_per_level=tuple(num_anchors_per_level), atss_topk=atss_topk,
     )
     fg, valid = t["fg_mask"], t["valid_mask"]
     num_classes = cls_logits.shape[-1]

@@ -1,6 +1,7 @@
 """RetinaNet's head (Lin et al. 2017): anchors, torchvision's matching and loss, torchvision's decoding.
 
-Assignment is torchvision's `Matcher(fg_iou, bg_iou, allow_low_quality_matches)` over the anchors, the
+Assignment is torchvision's `Matcher(fg_iou, bg_iou, allow_low_quality_matches)` over the anchors (or ATSS's
+adaptive threshold, `loss.assigner = "atss"`), the
 loss `jaxcv.losses.retinanet_loss` (sigmoid focal classification, L1 / smooth L1 / GIoU box terms), and
 decoding `jaxcv.ops.postprocess.retinanet_postprocess` (per-level top-k, class-wise NMS). The model is
 `jaxcv.models.retinanet.RetinaNet` (`model.name = "retinanet"`); any model whose outputs are `cls_logits`
@@ -18,6 +19,7 @@ import numpy as np
 from jaxcv.detectors import HEADS, DetectionHead
 from jaxcv.losses import retinanet_loss, upcast
 from jaxcv.ops.anchors import AnchorConfig, generate_anchors
+from jaxcv.ops.matching import ASSIGNERS
 from jaxcv.ops.postprocess import retinanet_postprocess
 
 PRESETS = ("torchvision", "tf_model_garden")
@@ -54,6 +56,10 @@ class AnchorHead(DetectionHead):
             "smooth_l1_beta": 1.0 / 9,
             "box_weight": 1.0,
             "normalizer": "per_image",  # per_image (torchvision) | global (detectron2, TF)
+            # "max_iou": torchvision's Matcher (fg_iou, bg_iou, allow_low_quality_matches); "atss": ATSS's
+            # adaptive IoU threshold over the atss_topk nearest anchors per level (Zhang et al. 2020)
+            "assigner": "max_iou",
+            "atss_topk": 9,
             "fg_iou": 0.5,
             "bg_iou": 0.4,
             "allow_low_quality_matches": True,
@@ -70,6 +76,10 @@ class AnchorHead(DetectionHead):
             _fail("loss.classification", lc.classification, f"use one of {', '.join(CLASSIFICATION_LOSSES)}")
         if lc.box_loss not in BOX_LOSSES:
             _fail("loss.box_loss", lc.box_loss, f"unknown box loss; known: {', '.join(BOX_LOSSES)}")
+        if lc.assigner not in ASSIGNERS:
+            _fail("loss.assigner", lc.assigner, f"use one of {', '.join(ASSIGNERS)}")
+        if isinstance(lc.atss_topk, bool) or not isinstance(lc.atss_topk, int) or lc.atss_topk < 1:
+            _fail("loss.atss_topk", lc.atss_topk, "must be an integer >= 1")
         if lc.normalizer not in LOSS_NORMALIZERS:
             _fail("loss.normalizer", lc.normalizer, f"unknown; known: {', '.join(LOSS_NORMALIZERS)}")
         if not 0.0 <= lc.bg_iou <= lc.fg_iou <= 1.0:
@@ -102,6 +112,9 @@ class AnchorHead(DetectionHead):
             bg_iou=lc.bg_iou,
             allow_low_quality_matches=lc.allow_low_quality_matches,
             coder_weights=tuple(lc.coder_weights),
+            assigner=lc.assigner,
+            num_anchors_per_level=tuple(self.num_anchors_per_level),
+            atss_topk=lc.atss_topk,
         )
         total = terms["classification"] + lc.box_weight * terms["box_regression"]
         return total, {"cls_loss": terms["classification"], "box_loss": terms["box_regression"]}
