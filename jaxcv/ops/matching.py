@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcv.ops.boxes import BoxCoder, box_iou
+from jaxcv.ops.tal import candidates_in_gts
 
 Array = jnp.ndarray
 ASSIGNERS = ("max_iou", "atss")
@@ -105,9 +106,7 @@ def atss_match(
     is_cand = jnp.concatenate(is_cand, -1)  # [B, G, A]
     cand_iou = jnp.concatenate(cand_iou, -1)  # [B, G, C]
     threshold = cand_iou.mean(-1, keepdims=True) + jnp.std(cand_iou, axis=-1, ddof=1, keepdims=True)
-    lt = a_ctr - gt_boxes[..., None, :2]  # [B, G, A, 2]
-    rb = gt_boxes[..., None, 2:] - a_ctr
-    inside = jnp.minimum(lt, rb).min(-1) > 0.01
+    inside = candidates_in_gts(a_ctr, gt_boxes, gt_mask, min_side=0.0, eps=0.01)  # [B, G, A]
     positive = is_cand & (iou >= threshold) & inside & valid[..., None]  # [B, G, A]
     best = jnp.argmax(jnp.where(positive, iou, -1.0), axis=1).astype(jnp.int32)  # [B, A]
     return jnp.where(positive.any(1), best, BELOW_LOW_THRESHOLD).astype(jnp.int32)
