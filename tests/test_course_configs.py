@@ -1,14 +1,14 @@
 """The course configs learn: the `:synthetic` variants of `cifar10_vgg16`, `cifar10_vit`, `mobilenet_v3_transfer` and
 `cats_vs_dogs_xception`, trained briefly with their own recipes, beat chance by a wide margin; Grad-CAM on a ViT
-reads the last block's tokens as the patch grid and points at the evidence."""
+reads a block's tokens as the patch grid and equals its definition."""
 
 import math
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxcv import explain, train
@@ -56,49 +56,45 @@ def test_synthetic_variant_learns(name: str, steps: int, warmup: int, tmp_path: 
 S = 32  # image size; 8-pixel patches: a 4x4 grid of tokens after the class token
 
 
-def quadrant_batch(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images [n, S, S, 3] (model-input scale): class 1 iff a bright disk lies in the top-left quadrant, with three
-    coloured squares anywhere as distractors (tests/test_show_explain.py's task)."""
-    x = rng.normal(0.0, 0.2, (n, S, S, 3)).astype(np.float32)
-    y = rng.integers(0, 2, n).astype(np.int32)
-    yy, xx = np.mgrid[:S, :S]
-    for i in range(n):
-        for _ in range(3):
-            cy, cx = rng.integers(2, S - 5, 2)
-            x[i, cy : cy + 4, cx : cx + 4, rng.integers(3)] += 2.5
-        if y[i]:
-            cy, cx = rng.integers(4, S // 2 - 4, 2)
-            x[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= 8] += 2.0
-    return x, y
-
-
 @pytest.fixture(scope="module")
-def quadrant_vit():
-    """A 2-block ViT (patch 8, width 64) trained for 200 AdamW steps on the quadrant task."""
+def small_vit():
+    """A 2-block ViT (patch 8, width 64, 2 classes) at random init and one image [S, S, 3]."""
     model = create_model("vit_tiny_patch16_224", img_size=S, patch_size=8, depth=2, embed_dim=64, num_heads=2,
                          num_classes=2)
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, S, S, 3)))["params"]
-    tx = optax.adamw(1e-3, weight_decay=0.0)
-    opt = tx.init(params)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, S, S, 3)))
+    image = np.random.default_rng(1).normal(0.0, 1.0, (S, S, 3)).astype(np.float32)
+    return model, variables, image
 
-    @jax.jit
-    def step(p, o, x, y):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, x)["logits"]
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        g = jax.grad(loss_fn)(p)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o
+def grad_cam_by_finite_differences(model, variables, image: np.ndarray, layer: tuple[str, ...], cls: int,
+                                   eps: float = 1e-2) -> np.ndarray:
+    """Grad-CAM [S, S] from its definition, with no autodiff: the weight of channel k is the mean over the patch
+    tokens of dy_c/dA_k, i.e. d y_c(A + t 1_k) / dt / T with t added to channel k of every patch token (central
+    differences); map = ReLU(sum_k w_k A_k) on the row-major 4x4 patch grid, bilinearly resized, divided by its max."""
+    x = jnp.asarray(image)[None]
 
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        params, opt = step(params, opt, *quadrant_batch(rng, 32))
-    variables = {"params": params}
-    x, y = quadrant_batch(np.random.default_rng(1), 48)
-    acc = float((jax.jit(model.apply)(variables, x)["logits"].argmax(-1) == y).mean())
-    assert acc > 0.9, f"the quadrant ViT did not learn (accuracy {acc})"
-    return model, variables, (x, y)
+    def score(shift):  # shift [D], added to the patch tokens (not the class token) of `layer`'s output
+        def add(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == "__call__" and tuple(context.module.path) == layer:
+                out = out.at[:, 1:].add(shift)
+            return out
+
+        with nn.intercept_methods(add):
+            return model.apply(variables, x)["logits"][0, cls]
+
+    _, state = model.apply(variables, x, mutable=["intermediates"],
+                           capture_intermediates=lambda m, method: method == "__call__" and tuple(m.path) == layer)
+    node = state["intermediates"]
+    for name in layer:
+        node = node[name]
+    tokens = np.asarray(node["__call__"][0])[0, 1:]  # [16, D] patch tokens, class token dropped
+    basis = eps * jnp.eye(tokens.shape[1])
+    diffs = jax.jit(jax.vmap(lambda e: score(e) - score(-e)))(basis)
+    weights = np.asarray(diffs) / (2 * eps) / tokens.shape[0]  # [D]
+    cam = np.maximum(tokens @ weights, 0.0).reshape(4, 4)
+    cam = np.asarray(jax.image.resize(jnp.asarray(cam), (S, S), method="bilinear"))
+    return cam / cam.max()
 
 
 def test_token_grid_is_row_major_after_the_class_token():
@@ -109,21 +105,22 @@ def test_token_grid_is_row_major_after_the_class_token():
     assert methods.token_grid(maps, (32, 32)) is maps  # spatial maps pass through
 
 
-def test_vit_grad_cam_on_the_last_block_points_at_the_evidence(quadrant_vit):
-    model, variables, (x, y) = quadrant_vit
-    names = dict(explain.list_layers(model.apply, variables, x[0]))
+def test_vit_grad_cam_matches_its_definition_on_the_patch_grid(small_vit):
+    """Grad-CAM on a block's tokens is Grad-CAM on the patch grid (class token dropped, row-major), checked against
+    central differences of the class score rather than a claim about where a trained ViT looks: on the quadrant task
+    of tests/test_show_explain.py, 2-block ViTs that all score ~100 % put 0.07-0.73 of the map's mass (median over
+    images, by seed and XLA optimization level) in the evidence's quadrant (benchmarks/README.md, "Grad-CAM")."""
+    model, variables, image = small_vit
+    names = dict(explain.list_layers(model.apply, variables, image))
     assert names["blocks_1/norm1"] == names["blocks_1"] == (1, 1 + 16, 64)  # tokens, class token first
     # The last block's input norm: its patch tokens reach the class token through the block's attention.
-    assert explain.default_layer(model.apply, variables, x[0]) == "blocks_1/norm1"
-    fractions = []
-    for i in np.flatnonzero(y == 1)[:16]:
-        cam = explain.grad_cam(model.apply, variables, x[i], layer="blocks_1/norm1", class_index=1)
+    assert explain.default_layer(model.apply, variables, image) == "blocks_1/norm1"
+    for layer, cls in [("blocks_1/norm1", 1), ("blocks_0/norm1", 0), ("blocks_0", 1)]:
+        cam = explain.grad_cam(model.apply, variables, image, layer=layer, class_index=cls)
+        expected = grad_cam_by_finite_differences(model, variables, image, tuple(layer.split("/")), cls)
         assert cam.shape == (S, S) and cam.min() >= 0.0 and cam.max() == pytest.approx(1.0)
-        fractions.append(cam[: S // 2, : S // 2].sum() / cam.sum())
-    # A map spread evenly puts 0.25 there. ViT maps are noisier per image than a CNN's (a few images put their
-    # mass elsewhere), so the bar is on the typical image.
-    assert np.median(fractions) > 0.5 and np.mean(fractions) > 0.4, fractions
+        np.testing.assert_allclose(cam, expected, atol=2e-3, err_msg=layer)
     # The last block's own output: with token pooling only its class token reaches the logits (through `norm`),
     # so the gradients on its patch tokens are zero and so is the map.
-    cam = explain.grad_cam(model.apply, variables, x[np.flatnonzero(y == 1)[0]], layer="blocks_1", class_index=1)
+    cam = explain.grad_cam(model.apply, variables, image, layer="blocks_1", class_index=1)
     assert cam.shape == (S, S) and not cam.any()
